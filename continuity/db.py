@@ -1,0 +1,206 @@
+"""The store of everything that is not a message body: SQLite, migrations, the SQL thread.
+
+One file ``data_dir/continuity.sqlite3`` in WAL mode with ``synchronous=FULL``,
+so a committed change survives a crash and the CLI can write while the
+service reads. The schema is versioned: :data:`MIGRATIONS` is applied in order
+on open, each in its own transaction. Callers get connections from
+:class:`Database` (synchronous, one per thread) and, in the service, run their
+work on :class:`SQLThread` so SQL never blocks the reactor.
+
+This module imports nothing of ours. A second backend (PostgreSQL, for several
+nodes) replaces :class:`Database`; callers only use ``transaction()``,
+``read()`` and ``data_version()``.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorThreads
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+T = TypeVar("T")
+
+# Each migration is a list of statements, applied in one transaction. Never edit
+# a released migration: append a new one.
+MIGRATIONS: Sequence[Sequence[str]] = (
+    # 1: the directory: hosted domains, users, aliases.
+    (
+        """CREATE TABLE domains (
+            name TEXT PRIMARY KEY,
+            upstream_host TEXT NOT NULL,
+            upstream_port INTEGER NOT NULL,
+            scope TEXT NOT NULL CHECK (scope IN ('all', 'selected')),
+            activation TEXT NOT NULL CHECK (activation IN ('auto', 'manual')),
+            continuity INTEGER NOT NULL,
+            password_policy TEXT NOT NULL,
+            created REAL NOT NULL
+        )""",
+        """CREATE TABLE users (
+            address TEXT PRIMARY KEY,
+            domain TEXT NOT NULL REFERENCES domains(name),
+            local_part TEXT NOT NULL,
+            password_hash TEXT,
+            active INTEGER NOT NULL,
+            inclusion TEXT CHECK (inclusion IN ('included', 'excluded')),
+            source TEXT NOT NULL CHECK (source IN ('local', 'ldap')),
+            created REAL NOT NULL,
+            updated REAL NOT NULL
+        )""",
+        "CREATE INDEX users_domain ON users(domain)",
+        """CREATE TABLE aliases (
+            alias TEXT PRIMARY KEY,
+            address TEXT NOT NULL REFERENCES users(address) ON DELETE CASCADE,
+            domain TEXT NOT NULL
+        )""",
+        "CREATE INDEX aliases_address ON aliases(address)",
+    ),
+    # 2: failover state of each domain and the history of its mode changes.
+    (
+        "ALTER TABLE domains ADD COLUMN mode TEXT NOT NULL DEFAULT 'normal'",
+        "ALTER TABLE domains ADD COLUMN mode_since REAL",
+        "ALTER TABLE domains ADD COLUMN health TEXT NOT NULL DEFAULT 'unknown'",
+        "ALTER TABLE domains ADD COLUMN health_checked REAL",
+        "ALTER TABLE domains ADD COLUMN health_detail TEXT",
+        """CREATE TABLE mode_changes (
+            id INTEGER PRIMARY KEY,
+            domain TEXT NOT NULL,
+            time REAL NOT NULL,
+            old_mode TEXT NOT NULL,
+            new_mode TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            automatic INTEGER NOT NULL
+        )""",
+        "CREATE INDEX mode_changes_domain ON mode_changes(domain, time)",
+    ),
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SchemaTooNew(Exception):
+    """The database was written by a newer release than this one."""
+
+
+class Database:
+    """An SQLite database file with one connection per thread."""
+
+    log = Logger()
+
+    def __init__(self, path: str, migrations: Sequence[Sequence[str]] = MIGRATIONS):
+        self.path = path
+        self._migrations = migrations
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def open(self) -> "Database":
+        """Create the file if needed and bring its schema up to date."""
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        self.migrate()
+        return self
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection (autocommit; transactions are explicit)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA busy_timeout = 30000")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (``BEGIN IMMEDIATE``): commit on success, roll back on error."""
+        conn = self.connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def read(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[sqlite3.Row]:
+        """Run one query outside any write transaction and return all rows."""
+        return self.connection().execute(sql, params).fetchall()
+
+    def data_version(self) -> int:
+        """A number that changes when another connection commits (PRAGMA data_version)."""
+        return self.connection().execute("PRAGMA data_version").fetchone()[0]
+
+    def schema_version(self) -> int:
+        conn = self.connection()
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        return row[0] or 0
+
+    def migrate(self) -> int:
+        """Apply the migrations this file lacks; return the resulting version."""
+        current = self.schema_version()
+        if current > len(self._migrations):
+            raise SchemaTooNew(
+                f"{self.path} has schema version {current}, this release knows {len(self._migrations)}"
+            )
+        for number, statements in enumerate(self._migrations[current:], start=current + 1):
+            with self.transaction() as conn:
+                # Re-check inside the lock: another process may have migrated meanwhile.
+                done = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
+                if done >= number:
+                    continue
+                for statement in statements:
+                    conn.execute(statement)
+                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (number,))
+            self.log.info("database {path} migrated to schema version {version}", path=self.path, version=number)
+        return len(self._migrations)
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+
+class SQLThread(Service):
+    """The single thread all of the service's SQL runs on.
+
+    One writer thread means the service never contends with itself for SQLite's
+    write lock; reads are quick and queue behind writes in order.
+    """
+
+    name = "sql"
+
+    def __init__(self, reactor: IReactorThreads, db: Database):
+        self._reactor = reactor
+        self.db = db
+        self._pool = ThreadPool(minthreads=1, maxthreads=1, name="continuity-sql")
+
+    def startService(self) -> None:
+        super().startService()
+        self._pool.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self._pool.stop()
+        self.db.close()
+
+    def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Deferred[T]:
+        """Run ``fn(*args, **kwargs)`` on the SQL thread; its result fires the Deferred."""
+        return deferToThreadPool(self._reactor, self._pool, fn, *args, **kwargs)

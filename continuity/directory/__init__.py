@@ -1,0 +1,1 @@
+"""Who exists: hosted domains, users, aliases, passwords and their policy."""

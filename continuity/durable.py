@@ -1,0 +1,109 @@
+"""Durable file writes: the one place that turns bytes into a file that survives a crash.
+
+A file is written under a temporary name in the same directory, fsync'ed, moved
+into place (``link`` when the name must not be overwritten, ``rename`` when it
+may), and the directory is fsync'ed so the new entry itself is on disk. This
+module imports nothing of ours (see DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+_TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+
+
+def fsync_dir(path: str) -> None:
+    """fsync a directory so that entries created or removed in it are durable."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_chunks(fd: int, chunks: Iterable[bytes]) -> int:
+    """Write every chunk fully to ``fd``; return the byte count."""
+    total = 0
+    for chunk in chunks:
+        view = memoryview(chunk)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+            total += written
+    return total
+
+
+def write_file(
+    path: str,
+    chunks: Iterable[bytes],
+    *,
+    tmp_path: str | None = None,
+    overwrite: bool = True,
+    mode: int = 0o600,
+    sync_dir: bool = True,
+) -> int:
+    """Write ``chunks`` durably to ``path``; return the size written.
+
+    :param tmp_path: where to write first (default ``path + ".tmp.<pid>"``); must be
+        on the same file system. Maildir delivery passes its ``tmp/`` name here.
+    :param overwrite: ``False`` publishes with ``link`` so an existing ``path`` is
+        never replaced (``FileExistsError`` is raised instead).
+    :param sync_dir: fsync the target directory (and the temporary's, when it differs).
+    """
+    tmp = tmp_path if tmp_path is not None else f"{path}.tmp.{os.getpid()}"
+    fd = os.open(tmp, _TMP_FLAGS, mode)
+    try:
+        try:
+            size = write_chunks(fd, chunks)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+            os.unlink(tmp)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    if sync_dir:
+        target_dir = os.path.dirname(path) or "."
+        fsync_dir(target_dir)
+        tmp_dir = os.path.dirname(tmp) or "."
+        if os.path.realpath(tmp_dir) != os.path.realpath(target_dir):
+            fsync_dir(tmp_dir)
+    return size
+
+
+def remove_file(path: str, *, sync_dir: bool = True) -> bool:
+    """Unlink ``path`` durably; return ``False`` when it was already gone."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    if sync_dir:
+        fsync_dir(os.path.dirname(path) or ".")
+    return True
+
+
+def make_dirs(path: str, mode: int = 0o700) -> None:
+    """Create ``path`` and its missing parents, fsync'ing each new entry's parent."""
+    missing = []
+    current = os.path.abspath(path)
+    while not os.path.isdir(current):
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, mode)
+        except FileExistsError:
+            continue
+        fsync_dir(os.path.dirname(directory))
