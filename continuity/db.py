@@ -82,6 +82,58 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         )""",
         "CREATE INDEX mode_changes_domain ON mode_changes(domain, time)",
     ),
+    # 3: the queue index (spooled messages, per-recipient delivery state) and tracking.
+    (
+        """CREATE TABLE messages (
+            queue_id TEXT PRIMARY KEY,
+            message_id TEXT,
+            sender TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            received REAL NOT NULL,
+            direction TEXT NOT NULL CHECK (direction IN ('inbound', 'outbound')),
+            origin TEXT NOT NULL,
+            client TEXT,
+            auth_user TEXT
+        )""",
+        """CREATE TABLE queue (
+            id INTEGER PRIMARY KEY,
+            queue_id TEXT NOT NULL REFERENCES messages(queue_id),
+            recipient TEXT NOT NULL,
+            domain TEXT NOT NULL,
+            direction TEXT NOT NULL CHECK (direction IN ('inbound', 'outbound')),
+            state TEXT NOT NULL CHECK (state IN ('queued', 'deferred', 'held', 'done')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt REAL NOT NULL,
+            last_error TEXT,
+            tracking_id INTEGER NOT NULL
+        )""",
+        "CREATE INDEX queue_due ON queue(state, next_attempt)",
+        "CREATE INDEX queue_domain ON queue(domain, state)",
+        "CREATE INDEX queue_message ON queue(queue_id)",
+        """CREATE TABLE tracking (
+            id INTEGER PRIMARY KEY,
+            queue_id TEXT,
+            message_id TEXT,
+            sender TEXT NOT NULL,
+            recipient TEXT NOT NULL,
+            direction TEXT NOT NULL,
+            status TEXT NOT NULL,
+            time REAL NOT NULL,
+            mailbox_ref TEXT
+        )""",
+        "CREATE INDEX tracking_time ON tracking(time)",
+        "CREATE INDEX tracking_recipient ON tracking(recipient, time)",
+        "CREATE INDEX tracking_sender ON tracking(sender, time)",
+        "CREATE INDEX tracking_queue ON tracking(queue_id)",
+        """CREATE TABLE tracking_events (
+            id INTEGER PRIMARY KEY,
+            tracking_id INTEGER NOT NULL,
+            time REAL NOT NULL,
+            status TEXT NOT NULL,
+            detail TEXT
+        )""",
+        "CREATE INDEX tracking_events_row ON tracking_events(tracking_id, time)",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
