@@ -439,7 +439,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, stdin: Te
         sys.stderr.write(f"{exc}\n")
         return EXIT_REFUSED
     except OSError as exc:
-        sys.stderr.write(f"{exc.strerror or exc}: {exc.filename or ''}\n".replace(": \n", "\n"))
+        where = f": {exc.filename}" if exc.filename else ""
+        sys.stderr.write(f"{exc.strerror or exc}{where}\n")
+        return EXIT_REFUSED
+    except Exception as exc:  # one line for the operator, never a traceback (DESIGN: errors)
+        sys.stderr.write(f"internal error: {type(exc).__name__}: {exc}\n")
         return EXIT_REFUSED
     finally:
         ctx.close()
