@@ -1,0 +1,248 @@
+"""Delivery into continuity mailboxes: durable, unique, never overwriting (Maildir)."""
+
+from __future__ import annotations
+
+import errno
+import mailbox
+import os
+
+import pytest
+
+from continuity.envelope import parse_address
+from continuity.mailstore import InvalidFlags, MailboxNotFound, MaildirStore, MailstoreError
+from continuity.mailstore.filenames import MaildirFilename, UniqueNames, base_size
+
+MESSAGE = b"From: bob@example.net\r\nSubject: hello\r\n\r\nbody\r\n"
+
+
+def test_delivery_lands_in_new_and_tmp_is_empty(store, alice) -> None:
+    """A delivered message is a file in new/ with the exact bytes; nothing is left in tmp/."""
+    ref = store.deliver(alice, MESSAGE)
+    root = store.user_root(alice)
+    assert os.listdir(os.path.join(root, "tmp")) == []
+    assert os.listdir(os.path.join(root, "new")) == [os.path.basename(ref.path)]
+    assert os.path.dirname(ref.path) == os.path.join(root, "new")
+    with open(ref.path, "rb") as handle:
+        assert handle.read() == MESSAGE
+    assert ref.recent and ref.flags == "" and ref.uid is None
+
+
+def test_delivery_fsyncs_file_and_directory(store, alice, monkeypatch) -> None:
+    """The message file and new/ are fsync'ed before deliver returns."""
+    import continuity.mailstore.folder as folder_module
+
+    synced_dirs: list[str] = []
+    real_fsync_dir = folder_module.fsync_dir
+    monkeypatch.setattr(folder_module, "fsync_dir", lambda path: (synced_dirs.append(path), real_fsync_dir(path)))
+    fsynced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (fsynced.append(fd), real_fsync(fd)))
+    store.ensure_mailbox(alice)
+    fsynced.clear()
+    store.deliver(alice, MESSAGE)
+    assert fsynced, "the message file was not fsync'ed"
+    assert os.path.join(store.user_root(alice), "new") in synced_dirs
+
+
+def test_delivery_accepts_chunks(store, alice) -> None:
+    """A message given as an iterable of chunks is stored whole, size in the name."""
+    ref = store.deliver(alice, iter([b"Subject: x\r\n", b"\r\n", b"a" * 100_000]))
+    assert ref.size == 100_014
+    assert base_size(ref.base) == 100_014
+    assert store.read_message(ref) == b"Subject: x\r\n\r\n" + b"a" * 100_000
+
+
+def test_name_has_maildir_shape_and_size(store, alice) -> None:
+    """The base is <time>.M<usec>P<pid>Q<n>R<random>.<host>,S=<size>."""
+    ref = store.deliver(alice, MESSAGE)
+    seconds, rest = ref.base.split(".", 1)
+    assert seconds.isdigit()
+    assert rest.startswith("M") and f"P{os.getpid()}Q" in rest and "R" in rest
+    assert ref.base.endswith(f".mx.example.test,S={len(MESSAGE)}")
+
+
+def test_hostname_sanitised(mail_root, alice) -> None:
+    """'/' and ':' in the host name are escaped as the Maildir spec says."""
+    store = MaildirStore(mail_root, hostname="evil/host:name")
+    ref = store.deliver(alice, MESSAGE)
+    assert "/" not in ref.base and ":" not in ref.base
+    assert "evil\\057host\\072name" in ref.base
+
+
+def test_many_quick_deliveries_get_unique_names(store, alice) -> None:
+    """Hundreds of deliveries within the same second all get distinct files."""
+    refs = [store.deliver(alice, b"Subject: %d\r\n\r\n" % i) for i in range(300)]
+    assert len({ref.base for ref in refs}) == 300
+    assert len(os.listdir(os.path.join(store.user_root(alice), "new"))) == 300
+
+
+class RepeatingNames(UniqueNames):
+    """Hands out the same base a few times before unique ones: a forced collision."""
+
+    def __init__(self, base: str, repeats: int):
+        super().__init__("mx.example.test")
+        self.base = base
+        self.repeats = repeats
+
+    def next_base(self) -> str:
+        if self.repeats > 0:
+            self.repeats -= 1
+            return self.base
+        return super().next_base()
+
+
+def test_no_overwrite_on_name_collision(mail_root, alice) -> None:
+    """When the chosen name exists already in new/, the old file is kept and a new name chosen."""
+    names = RepeatingNames("1700000000.M000001P1Q1Rabcdef01.mx", repeats=1)
+    store = MaildirStore(mail_root, names=names)
+    store.ensure_mailbox(alice)
+    root = store.user_root(alice)
+    occupied = os.path.join(root, "new", "1700000000.M000001P1Q1Rabcdef01.mx,S=5")
+    with open(occupied, "wb") as handle:
+        handle.write(b"first")
+    ref = store.deliver(alice, b"other")
+    with open(occupied, "rb") as handle:
+        assert handle.read() == b"first"
+    assert ref.path != occupied
+    assert store.read_message(ref) == b"other"
+    assert sorted(m.size for m in store.get_messages(alice)) == [5, 5]
+    assert os.listdir(os.path.join(root, "tmp")) == []
+
+
+def test_no_overwrite_of_a_file_in_tmp(mail_root, alice) -> None:
+    """A name taken in tmp/ (another writer's file) is skipped, never truncated."""
+    names = RepeatingNames("1700000000.M000001P1Q1Rabcdef02.mx", repeats=2)
+    store = MaildirStore(mail_root, names=names)
+    store.ensure_mailbox(alice)
+    foreign = os.path.join(store.user_root(alice), "tmp", "1700000000.M000001P1Q1Rabcdef02.mx")
+    with open(foreign, "wb") as handle:
+        handle.write(b"in progress")
+    ref = store.deliver(alice, MESSAGE)
+    with open(foreign, "rb") as handle:
+        assert handle.read() == b"in progress"
+    assert store.read_message(ref) == MESSAGE
+
+
+def test_no_overwrite_with_assigned_uid(mail_root, alice) -> None:
+    """Under the folder lock too, a taken name gets a fresh one."""
+    names = RepeatingNames("1700000000.M000001P1Q1Rabcdef03.mx", repeats=1)
+    store = MaildirStore(mail_root, names=names)
+    first = store.deliver(alice, b"one", flags="S", assign_uid=True)
+    names.repeats = 1
+    second = store.deliver(alice, b"two", flags="S", assign_uid=True)
+    assert first.base != second.base
+    assert store.read_message(first) == b"one" and store.read_message(second) == b"two"
+
+
+def test_flags_on_delivery_go_to_cur(store, alice) -> None:
+    """Delivering with flags (IMAP APPEND) puts the message in cur/ with ':2,' and sorted flags."""
+    ref = store.deliver(alice, MESSAGE, "Drafts", flags="SD")
+    assert os.path.basename(os.path.dirname(ref.path)) == "cur"
+    assert ref.path.endswith(":2,DS")
+    assert ref.flags == "DS" and not ref.recent
+
+
+def test_invalid_flags_refused(store, alice) -> None:
+    """Flags outside DFPRST and a-z are refused before anything is written."""
+    with pytest.raises(InvalidFlags):
+        store.deliver(alice, MESSAGE, flags="X")
+    assert not os.path.exists(os.path.join(store.user_root(alice), "new"))
+
+
+def test_assign_uid_on_delivery(store, alice) -> None:
+    """With assign_uid the returned ref carries the UID the listing shows (APPENDUID)."""
+    first = store.deliver(alice, MESSAGE, assign_uid=True)
+    second = store.deliver(alice, MESSAGE, assign_uid=True)
+    assert (first.uid, second.uid) == (1, 2)
+    listed = store.get_messages(alice)
+    assert [(m.uid, m.base) for m in listed] == [(1, first.base), (2, second.base)]
+
+
+def test_internal_date_kept(store, alice) -> None:
+    """An APPEND date becomes the file's mtime and the listed internal date."""
+    ref = store.deliver(alice, MESSAGE, "Sent", flags="S", internal_date=1_000_000_000)
+    assert ref.internal_date == 1_000_000_000 and ref.uid == 1
+    assert int(os.stat(ref.path).st_mtime) == 1_000_000_000
+    assert store.get_messages(alice, "Sent")[0].internal_date == 1_000_000_000
+
+
+def test_delivery_to_missing_folder_refused(store, alice) -> None:
+    """Delivering into a folder that does not exist raises MailboxNotFound (APPEND: TRYCREATE)."""
+    with pytest.raises(MailboxNotFound):
+        store.deliver(alice, MESSAGE, "Nowhere")
+
+
+def test_full_disk_is_temporary_error(store, alice, monkeypatch) -> None:
+    """A full disk is a temporary 452 4.3.1 and leaves no partial file."""
+    import continuity.mailstore.folder as folder_module
+
+    store.ensure_mailbox(alice)
+
+    def full(fd, chunks):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(folder_module, "write_chunks", full)
+    with pytest.raises(MailstoreError) as caught:
+        store.deliver(alice, MESSAGE)
+    assert caught.value.code == 452 and caught.value.enhanced == "4.3.1" and caught.value.temporary
+    root = store.user_root(alice)
+    assert os.listdir(os.path.join(root, "tmp")) == [] and os.listdir(os.path.join(root, "new")) == []
+
+
+def test_failing_body_leaves_nothing(store, alice) -> None:
+    """When the chunk source fails mid-way, the error propagates and tmp/ is cleaned."""
+    store.ensure_mailbox(alice)
+
+    def chunks():
+        yield b"partial"
+        raise RuntimeError("client went away")
+
+    with pytest.raises(RuntimeError):
+        store.deliver(alice, chunks())
+    root = store.user_root(alice)
+    assert os.listdir(os.path.join(root, "tmp")) == [] and os.listdir(os.path.join(root, "new")) == []
+
+
+def test_maildir_tools_can_read_the_tree(store, alice) -> None:
+    """Python's mailbox.Maildir reads INBOX, folders, sub-folders and flags we wrote."""
+    store.deliver(alice, MESSAGE)
+    store.deliver(alice, b"Subject: sent\r\n\r\nx\r\n", "Sent", flags="S")
+    store.create_folder(alice, "Archiv/Entwürfe")
+    store.deliver(alice, b"Subject: draft\r\n\r\ny\r\n", "Archiv/Entwürfe", flags="DF")
+    tool = mailbox.Maildir(store.user_root(alice), factory=None, create=False)
+    assert [message["subject"] for message in tool] == ["hello"]
+    assert set(tool.list_folders()) == {"Sent", "Drafts", "Trash", "Junk", "Archiv.Entw&APw-rfe"}
+    sent = tool.get_folder("Sent")
+    (message,) = list(sent)
+    assert message["subject"] == "sent" and message.get_flags() == "S" and message.get_subdir() == "cur"
+    (draft,) = list(tool.get_folder("Archiv.Entw&APw-rfe"))
+    assert draft.get_flags() == "DF"
+
+
+def test_messages_from_maildir_tools_are_listed(store, alice) -> None:
+    """A message added by Python's mailbox.Maildir (no ,S= in its name) is listed with its size."""
+    store.ensure_mailbox(alice)
+    tool = mailbox.Maildir(store.user_root(alice), factory=None, create=False)
+    message = mailbox.MaildirMessage(b"Subject: tool\n\nbody\n")
+    message.set_flags("RS")
+    message.set_subdir("cur")
+    tool.add(message)
+    (listed,) = store.get_messages(alice)
+    assert listed.flags == "RS" and listed.size == len(b"Subject: tool\n\nbody\n")
+    assert store.read_message(listed) == b"Subject: tool\n\nbody\n"
+
+
+def test_parse_of_foreign_file_names() -> None:
+    """Hidden names and names with control characters are not messages; info flags are sorted."""
+    assert MaildirFilename.parse(".nfs0001") is None
+    assert MaildirFilename.parse("bad\nname") is None
+    parsed = MaildirFilename.parse("123.abc:2,SR")
+    assert parsed is not None and parsed.base == "123.abc" and parsed.flags == "RS" and parsed.time == 123
+
+
+def test_address_validation_is_upstream(mail_root) -> None:
+    """The store works with UTF-8 local parts that parse_address accepts."""
+    store = MaildirStore(mail_root, hostname="mx")
+    user = parse_address("jörg@example.com")
+    ref = store.deliver(user, MESSAGE)
+    assert ref.path.startswith(os.path.join(os.path.abspath(mail_root), "example.com", "jörg", "new"))
