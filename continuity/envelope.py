@@ -99,3 +99,22 @@ def parse_address(text: str) -> Address:
         raise InvalidAddress(f"address needs exactly one @: {text!r}")
     local, domain = stripped.split("@")
     return Address(normalise_local(local), normalise_domain(domain))
+
+
+@attrs.frozen
+class Envelope:
+    """The SMTP envelope of one message (RFC 5321 2.3.1): from whom, to whom, how.
+
+    ``sender`` is ``None`` for the null reverse-path ``<>`` of bounces (RFC 5321
+    4.5.5). ``body`` is ``"7BIT"`` or ``"8BITMIME"`` when the client declared it
+    (RFC 6152), ``smtputf8`` whether it asked for SMTPUTF8 (RFC 6531),
+    ``declared_size`` its SIZE= (RFC 1870), ``mail_parameters`` every MAIL
+    parameter as ``(KEYWORD, value or None)`` pairs.
+    """
+
+    sender: Address | None
+    recipients: tuple[Address, ...] = attrs.field(converter=tuple)
+    body: str | None = None
+    smtputf8: bool = False
+    declared_size: int | None = None
+    mail_parameters: tuple[tuple[str, str | None], ...] = attrs.field(default=(), converter=tuple)
