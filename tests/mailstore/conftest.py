@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,15 +31,39 @@ def alice() -> Address:
     return parse_address("alice@example.com")
 
 
-def age_folder(path: str, seconds: float = 100.0) -> float:
-    """Set the mtimes of ``path``'s new/ and cur/ into the past (so a scan is trusted); return it."""
-    past = time.time() - seconds
-    for subdir in ("new", "cur"):
-        os.utime(os.path.join(path, subdir), (past, past))
-    return past
-
-
-def restore_mtimes(path: str, when: float) -> None:
-    """Put new/ and cur/ mtimes back to ``when``, hiding a change from the stat-based cache."""
+def _set_mtimes(path: str, when: float) -> None:
     for subdir in ("new", "cur"):
         os.utime(os.path.join(path, subdir), (when, when))
+
+
+@pytest.fixture
+def age_folder() -> Callable[[str], float]:
+    """A function putting a folder's new/ and cur/ mtimes 100 s back (so a scan is trusted); returns that time."""
+
+    def age(path: str) -> float:
+        past = time.time() - 100.0
+        _set_mtimes(path, past)
+        return past
+
+    return age
+
+
+@pytest.fixture
+def restore_mtimes() -> Callable[[str, float], None]:
+    """A function putting new/ and cur/ mtimes back to a time, hiding a change from the stat cache."""
+    return _set_mtimes
+
+
+def _drop_in(folder_path: str, name: str, content: bytes = b"Subject: dropped\n\nx\n", subdir: str = "new") -> str:
+    tmp = os.path.join(folder_path, "tmp", name)
+    with open(tmp, "wb") as handle:
+        handle.write(content)
+    target = os.path.join(folder_path, subdir, name)
+    os.rename(tmp, target)
+    return target
+
+
+@pytest.fixture
+def drop_in() -> Callable[..., str]:
+    """A function putting a file into a Maildir the way another tool would (tmp/, then rename)."""
+    return _drop_in
