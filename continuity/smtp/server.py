@@ -144,6 +144,16 @@ class _Transaction:
     attempts: int = 0
 
 
+def _is_tls(transport: object) -> bool:
+    """Whether ``transport`` is already encrypted (an implicit-TLS listener).
+
+    ``ssl:`` endpoints hand the protocol a TLSMemoryBIOProtocol, which provides
+    INegotiated, an ISSLTransport; ``startTLS`` on a TCP transport makes it
+    provide ISSLTransport too. A plain TCP transport provides neither.
+    """
+    return ISSLTransport.providedBy(transport)
+
+
 def new_session_id() -> str:
     """A short random id that ties a session's log lines together."""
     return secrets.token_hex(5)
@@ -162,8 +172,10 @@ class SMTPServer(CommandPipeline, AuthCommands, twisted_smtp.ESMTP):
         tls_context: Any = None,
         auth_enabled: bool = False,
         require_tls_for_auth: bool = True,
+        implicit_tls: bool = False,
     ):
         super().__init__(chal={}, contextFactory=tls_context)
+        self.implicit_tls = implicit_tls
         self.policy = policy
         self.hostname = hostname
         self.host = hostname
@@ -184,7 +196,7 @@ class SMTPServer(CommandPipeline, AuthCommands, twisted_smtp.ESMTP):
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
-        tls = ISSLTransport.providedBy(self.transport)
+        tls = self.implicit_tls or _is_tls(self.transport)
         self.session = Session(
             session_id=new_session_id(),
             hostname=self.hostname,
@@ -618,11 +630,13 @@ class SMTPServerFactory(protocol.ServerFactory):
     :param hostname: our name, for the banner and replies.
     :param limits: ``[limits]`` of the config (size, recipients, hops, errors, idle timeout).
     :param tls_context: an ``IOpenSSLServerConnectionCreator`` or ``CertificateOptions``
-        for STARTTLS, or ``None`` for no STARTTLS. Implicit TLS listeners wrap the
-        factory instead; the server notices the TLS transport.
+        for STARTTLS, or ``None`` for no STARTTLS. Implicit-TLS listeners wrap the
+        factory in TLS instead (see ``implicit_tls``).
     :param auth_enabled: offer AUTH PLAIN and LOGIN (submission).
     :param require_tls_for_auth: offer and accept AUTH only over TLS.
     :param clock: the ``IReactorTime`` for idle timeouts (default: the global reactor).
+    :param implicit_tls: the listener wraps connections in TLS (submissions, port 465).
+        The server also notices a TLS transport by itself; this makes it certain.
     """
 
     protocol = SMTPServer
@@ -636,6 +650,7 @@ class SMTPServerFactory(protocol.ServerFactory):
         auth_enabled: bool = False,
         require_tls_for_auth: bool = True,
         clock: IReactorTime | None = None,
+        implicit_tls: bool = False,
     ):
         self.policy = policy
         self.hostname = hostname
@@ -644,6 +659,7 @@ class SMTPServerFactory(protocol.ServerFactory):
         self.auth_enabled = auth_enabled
         self.require_tls_for_auth = require_tls_for_auth
         self.clock = clock
+        self.implicit_tls = implicit_tls
 
     def buildProtocol(self, addr: object) -> SMTPServer:
         server = self.protocol(
@@ -653,6 +669,7 @@ class SMTPServerFactory(protocol.ServerFactory):
             tls_context=self.tls_context,
             auth_enabled=self.auth_enabled,
             require_tls_for_auth=self.require_tls_for_auth,
+            implicit_tls=self.implicit_tls,
         )
         server.factory = self
         if self.clock is not None:

@@ -120,6 +120,7 @@ def connect(
     tls_context: object = None,
     auth_enabled: bool = False,
     require_tls_for_auth: bool = True,
+    implicit_tls: bool = False,
 ) -> Client:
     policy = policy or FakePolicy()
     clock = task.Clock()
@@ -131,6 +132,7 @@ def connect(
         auth_enabled=auth_enabled,
         require_tls_for_auth=require_tls_for_auth,
         clock=clock,
+        implicit_tls=implicit_tls,
     )
     server = factory.buildProtocol(PEER)
     transport = transport if transport is not None else StringTransport(peerAddress=PEER)
@@ -545,6 +547,17 @@ def test_pipelined_commands_wait_for_a_slow_policy():
     assert client.transport.producerState == "producing"
 
 
+def test_flood_while_the_policy_works_closes():
+    """A client pushing over 1 MiB of commands while a check is pending is closed with 421."""
+    client = connect()
+    client.ehlo()
+    client.policy.check_sender = lambda session, sender, parameters: defer.Deferred()
+    client.send(b"MAIL FROM:<bob@example.org>\r\n")
+    replies = client.send(b"NOOP\r\n" * 200_000)
+    assert replies == [f"421 4.7.0 {HOST} Error: too much pipelined input"]
+    assert client.transport.disconnecting
+
+
 def test_data_arriving_byte_by_byte():
     """A message sent one octet at a time ends at the real end of data, with the right content."""
     client = connect()
@@ -760,6 +773,12 @@ def test_implicit_tls_transport_is_detected():
     client = tls_client(tls_context=object())
     assert client.server.session.tls
     assert "250-STARTTLS" not in client.ehlo()
+
+
+def test_implicit_tls_flag_marks_the_session():
+    """A factory built with implicit_tls treats every connection as TLS."""
+    client = connect(implicit_tls=True, auth_enabled=True)
+    assert client.server.session.tls and "250-AUTH PLAIN LOGIN" in client.ehlo()
 
 
 def test_tcp_nodelay_is_set():
@@ -995,5 +1014,34 @@ def test_starttls_over_real_tls_loopback():
         session = policy.sessions[0]
         assert session.tls and session.tls_protocol and session.tls_protocol.startswith("TLSv1")
         assert session.tls_cipher and session.with_protocol == "ESMTPSA"
+    finally:
+        yield port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_implicit_tls_listener_over_real_tls_loopback():
+    """On an ssl: endpoint (port 465 style) the session is TLS at once: no STARTTLS, AUTH offered."""
+    from twisted.internet import endpoints, reactor
+
+    server_options, client_options = self_signed(HOST)
+    policy = FakePolicy()
+    factory = SMTPServerFactory(policy, HOST, LIMITS, tls_context=server_options, auth_enabled=True)
+    listening = endpoints.SSL4ServerEndpoint(reactor, 0, server_options, interface="127.0.0.1")
+    port = yield listening.listen(factory)
+    try:
+        client = ScriptedClient()
+        endpoint = endpoints.wrapClientTLS(
+            client_options, endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        )
+        yield endpoints.connectProtocol(endpoint, client)
+        assert (yield client.next_reply()) == [f"220 {HOST} ESMTP continuity"]
+        client.sendLine(b"EHLO client.example.org")
+        keywords = yield client.next_reply()
+        assert "250-STARTTLS" not in keywords and "250-AUTH PLAIN LOGIN" in keywords
+        client.sendLine(b"QUIT")
+        assert (yield client.next_reply()) == ["221 2.0.0 Bye"]
+        yield client.closed
+        session = policy.sessions[0]
+        assert session.tls and session.tls_cipher and session.tls_protocol.startswith("TLSv1")
     finally:
         yield port.stopListening()
