@@ -16,6 +16,7 @@ in the root; the ``subscriptions`` file holds one ``/``-separated name per line.
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import shutil
@@ -70,8 +71,13 @@ def make_folder_dir(path: str, uidvalidity: int) -> None:
         fsync_dir(staging)
         if os.path.lexists(path):
             raise MailboxExists(f"mailbox exists already: {os.path.basename(path)}")
-        # rename() would replace an empty directory created meanwhile; a non-empty one fails.
-        os.rename(staging, path)
+        try:
+            # rename() would replace an empty directory created meanwhile; a folder makes it fail.
+            os.rename(staging, path)
+        except OSError as exc:
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise MailboxExists(f"mailbox exists already: {os.path.basename(path)}") from None
+            raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -136,17 +142,16 @@ class UserMailbox:
         self._ensured = True
 
     def _remove_stale_staging(self) -> None:
+        """Remove what a crash left of a folder being created or deleted (older than an hour)."""
         now = time.time()
         with os.scandir(self.root) as entries:
-            stale = [
-                entry.path
-                for entry in entries
-                if entry.name.startswith(STAGING_PREFIX)
-                and entry.is_dir(follow_symlinks=False)
-                and now - entry.stat(follow_symlinks=False).st_mtime > STALE_STAGING
-            ]
-        for path in stale:
-            shutil.rmtree(path, ignore_errors=True)
+            staging = [entry for entry in entries if entry.name.startswith(STAGING_PREFIX)]
+        for entry in staging:
+            try:
+                if entry.is_dir(follow_symlinks=False) and now - entry.stat(follow_symlinks=False).st_mtime > STALE_STAGING:
+                    shutil.rmtree(entry.path, ignore_errors=True)
+            except FileNotFoundError:
+                continue
 
     # -- folders -------------------------------------------------------------------
 

@@ -85,7 +85,8 @@ def count_messages(mail_root: str, domain: str) -> int:
     domain_root = os.path.join(os.path.abspath(mail_root), domain)
     total = 0
     try:
-        users = [entry.path for entry in os.scandir(domain_root) if entry.is_dir(follow_symlinks=False)]
+        with os.scandir(domain_root) as entries:
+            users = [entry.path for entry in entries if entry.is_dir(follow_symlinks=False)]
     except FileNotFoundError:
         return 0
     for root in users:

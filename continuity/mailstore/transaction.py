@@ -209,11 +209,13 @@ class FolderTransaction:
         return self.uidlist.assign(base, entry.date, entry.size, linked.flags)
 
     def _copy_in(self, source: str, entry: UidEntry, file: MessageFile) -> tuple[str, MessageFile]:
-        tmp_path = os.path.join(self.folder.path, "tmp", self.folder.names.next_base())
+        """Copy the bytes through ``tmp/`` (fsync'ed) and link them in: for file systems without hard links."""
+        tmp_dir = os.path.join(self.folder.path, "tmp")
+        copy_path = os.path.join(tmp_dir, self.folder.names.next_base())
         with open(source, "rb") as handle:
-            write_file(tmp_path + ".copy", iter(lambda: handle.read(65536), b""), tmp_path=tmp_path, sync_dir=False)
-        os.utime(tmp_path + ".copy", (entry.date, entry.date))
+            write_file(copy_path, iter(lambda: handle.read(65536), b""), tmp_path=copy_path + ".part", sync_dir=False)
         try:
-            return self._link_unique(tmp_path + ".copy", entry.base, file.subdir, file.flags, entry.size)
+            os.utime(copy_path, (entry.date, entry.date))
+            return self._link_unique(copy_path, entry.base, file.subdir, file.flags, entry.size)
         finally:
-            os.unlink(tmp_path + ".copy")
+            os.unlink(copy_path)
