@@ -39,6 +39,8 @@ class Components:
     sql: SQLThread
     directory: Directory
     tls_context: object
+    index: object = None
+    intake: object = None
 
 
 FactoryBuilder = Callable[[Components, str], IProtocolFactory]
@@ -92,9 +94,89 @@ class Listener(Service):
         return self._port
 
 
+def _smtp_factory(components: "Components", name: str) -> IProtocolFactory:
+    from continuity.smtp.inbound import InboundPolicy
+    from continuity.smtp.server import SMTPServerFactory
+
+    config = components.config
+    policy = InboundPolicy(config, components.sql, components.directory, components.index, components.intake,
+                           components.reactor)
+    return SMTPServerFactory(policy, config.server.hostname, config.limits, tls_context=components.tls_context,
+                             auth_enabled=False, require_tls_for_auth=config.tls.require_tls_for_auth,
+                             clock=components.reactor)
+
+
 def _factory_builders() -> dict[str, FactoryBuilder]:
     """The listeners implemented in this release, by config key."""
-    return {}
+    return {"smtp": _smtp_factory}
+
+
+def _delivery(components: Components, root: MultiService) -> None:
+    """Spool, queue runner, agents, failover monitor and recovery."""
+    from continuity.delivery.agents import Agents
+    from continuity.delivery.runner import QueueRunner
+    from continuity.failover.monitor import FailoverMonitor
+    from continuity.failover.recovery import Recovery, RecoveryJournal
+    from continuity.mailstore import MaildirStore
+    from continuity.smtp.client import hostname_endpoint_factory, probe
+    from continuity.smtp.pool import ConnectionPool
+    from continuity.spool.index import QueueIndex
+    from continuity.spool.intake import MessageIntake
+    from continuity.spool.store import MessageSpool
+    from continuity.threads import WorkerThreads
+
+    config, reactor = components.config, components.reactor
+    io = WorkerThreads(reactor, "io", size=8)
+    io.setServiceParent(root)
+    spool = MessageSpool(config.spool_root)
+    spool.prepare()
+    index = QueueIndex(components.db)
+    intake = MessageIntake(reactor, components.sql, io.run, spool, index)
+    components.index, components.intake = index, intake
+    mailstore = MaildirStore(config.mail_root, hostname=config.server.hostname)
+    endpoints_for = hostname_endpoint_factory(reactor)
+    pool = ConnectionPool(clock=reactor, hostname=config.server.hostname, endpoint_factory=endpoints_for,
+                          timeout=config.relay.timeout)
+    agents = Agents(config, pool, mailstore, io.run, components.directory, clock=reactor)
+    agents.intake = intake
+    runner = QueueRunner(reactor, config, components.sql, io.run, index, spool, components.directory, agents)
+    intake.kick = runner.kick
+    recovery = Recovery(components.sql, io.run, components.directory,
+                        RecoveryJournal(components.db, reactor.seconds), mailstore, pool)
+
+    async def probe_domain(domain):
+        users = await components.sql.run(components.directory.list_users, domain.name)
+        recipient = next((u.address for u in users if u.active), f"postmaster@{domain.name}")
+        result = await probe(endpoints_for(str(domain.upstream), config.relay.timeout), config.server.hostname,
+                             recipient, clock=reactor, timeout=config.relay.timeout)
+        return result.ok, result.detail
+
+    monitor = FailoverMonitor(reactor, components.sql, components.directory, config.relay.probe_interval,
+                              probe_domain, runner.reroute, runner.flush, recovery)
+    runner.failover = monitor
+
+    class _Startup(Service):
+        name = "spool-recovery"
+
+        def startService(self):
+            super().startService()
+            from twisted.internet.defer import Deferred
+
+            d = Deferred.fromCoroutine(intake.recover_spool())
+            d.addCallback(lambda counts: log.info("spool: {reindexed} message(s) re-indexed, {removed} finished"
+                                                  " removed", reindexed=counts[0], removed=counts[1]))
+            d.addErrback(lambda f: log.failure("spool recovery failed", f))
+            d.addBoth(lambda _: runner.kick())
+
+        def stopService(self):
+            super().stopService()
+            from twisted.internet.defer import Deferred
+
+            return Deferred.fromCoroutine(pool.close())
+
+    _Startup().setServiceParent(root)
+    runner.setServiceParent(root)
+    monitor.setServiceParent(root)
 
 
 def build_service(config: Config, reactor) -> MultiService:
@@ -118,6 +200,7 @@ def build_service(config: Config, reactor) -> MultiService:
         directory=Directory(db),
         tls_context=tls.context_factory(cert_path, key_path),
     )
+    _delivery(components, root)
     builders = _factory_builders()
     for name in LISTENERS:
         description = config.listen[name]

@@ -321,6 +321,87 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> None:
     ctx.emit(args, data, text)
 
 
+# -- emergency, queue, track ---------------------------------------------------
+
+
+def cmd_emergency_start(ctx: Context, args: argparse.Namespace) -> None:
+    domain = ctx.directory.get_domain(args.domain)
+    if domain.mode == "emergency":
+        raise Refused(f"domain {domain.name} is already in emergency mode")
+    ctx.directory.set_mode(domain.name, "emergency", "continuityctl emergency start", automatic=False)
+    ctx.emit(args, domain_json(ctx, ctx.directory.get_domain(domain.name)),
+             lambda: f"domain {domain.name} is now in emergency mode; covered users' mail goes to their"
+                     " continuity mailboxes")
+
+
+def cmd_emergency_stop(ctx: Context, args: argparse.Namespace) -> None:
+    domain = ctx.directory.get_domain(args.domain)
+    if domain.mode != "emergency":
+        raise Refused(f"domain {domain.name} is not in emergency mode (mode: {domain.mode})")
+    ctx.directory.set_mode(domain.name, "recovering", "continuityctl emergency stop", automatic=False)
+    ctx.emit(args, domain_json(ctx, ctx.directory.get_domain(domain.name)),
+             lambda: f"domain {domain.name} is recovering: INBOX mail is being redelivered to"
+                     f" {domain.upstream}, then it returns to normal")
+
+
+def cmd_queue_list(ctx: Context, args: argparse.Namespace) -> None:
+    from continuity.spool.index import QueueIndex
+
+    entries = QueueIndex(ctx.db).listing(args.domain)
+    items = [{
+        "queue_id": e.queue_id, "sender": e.sender, "recipient": e.recipient, "domain": e.domain,
+        "direction": e.direction, "state": e.state, "attempts": e.attempts,
+        "next_attempt": iso(e.next_attempt) if e.state != "held" else None, "last_error": e.last_error,
+        "received": iso(e.received),
+    } for e in entries]
+    ctx.emit(args, items, lambda: table(
+        [(i["queue_id"], i["sender"] or "<>", i["recipient"], i["state"], i["attempts"],
+          i["next_attempt"] or "after recovery", (i["last_error"] or "")[:60]) for i in items],
+        ("QUEUE ID", "SENDER", "RECIPIENT", "STATE", "ATTEMPTS", "NEXT ATTEMPT", "LAST ERROR"),
+    ) if items else "queue is empty")
+
+
+def cmd_queue_flush(ctx: Context, args: argparse.Namespace) -> None:
+    """Deferred mail is retried now (held mail waits for its domain's recovery)."""
+    import time as _time
+
+    domain = ctx.directory.get_domain(args.domain).name if args.domain else None
+    with ctx.db.transaction() as conn:
+        sql = "UPDATE queue SET state = 'queued', next_attempt = ? WHERE state = 'deferred'"
+        params: tuple = (_time.time(),)
+        if domain is not None:
+            sql, params = sql + " AND domain = ?", (*params, domain)
+        count = conn.execute(sql, params).rowcount
+    ctx.emit(args, {"flushed": count}, lambda: f"{count} deferred recipient(s) will be retried now")
+
+
+def cmd_track(ctx: Context, args: argparse.Namespace) -> None:
+    from continuity import tracking
+    from continuity.envelope import parse_address
+
+    since = None
+    if args.since:
+        try:
+            parsed = datetime.datetime.fromisoformat(args.since)
+        except ValueError:
+            raise Refused(f"--since: not an ISO date or time: {args.since!r}") from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=datetime.timezone.utc)
+        since = parsed.timestamp()
+    if args.status and args.status not in tracking.STATUSES:
+        raise Refused(f"--status must be one of {', '.join(tracking.STATUSES)}")
+    sender = None
+    if args.sender is not None:
+        sender = "" if args.sender in ("", "<>") else str(parse_address(args.sender))
+    recipient = str(parse_address(args.recipient)) if args.recipient else None
+    rows = tracking.query(ctx.db, sender=sender, recipient=recipient, since=since, status=args.status)
+    ctx.emit(args, rows, lambda: table(
+        [(r["time"], r["queue_id"] or "-", r["sender"] or "<>", r["recipient"], r["status"],
+          (r["events"][-1]["detail"] or "")[:70]) for r in rows],
+        ("TIME", "QUEUE ID", "SENDER", "RECIPIENT", "STATUS", "DETAIL"),
+    ) if rows else "no messages match")
+
+
 # -- parser ------------------------------------------------------------------
 
 
@@ -416,6 +497,34 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("alias")
         _json_flag(p)
         p.set_defaults(run=run)
+
+    emergency = top.add_parser("emergency", help="switch a domain's emergency mode by hand").add_subparsers(
+        dest="action", metavar="ACTION", parser_class=Parser, required=True)
+    for name, run, help_text in (
+        ("start", cmd_emergency_start, "enter emergency mode now: covered users' queued mail goes to their mailboxes"),
+        ("stop", cmd_emergency_stop, "leave emergency mode: redeliver INBOX mail to the upstream, then normal"),
+    ):
+        p = emergency.add_parser(name, help=help_text)
+        p.add_argument("domain")
+        _json_flag(p)
+        p.set_defaults(run=run)
+    queue = top.add_parser("queue", help="mail waiting for delivery").add_subparsers(
+        dest="action", metavar="ACTION", parser_class=Parser, required=True)
+    p = queue.add_parser("list", help="queued, deferred and held recipients")
+    p.add_argument("domain", nargs="?")
+    _json_flag(p)
+    p.set_defaults(run=cmd_queue_list)
+    p = queue.add_parser("flush", help="retry deferred mail now")
+    p.add_argument("domain", nargs="?")
+    _json_flag(p)
+    p.set_defaults(run=cmd_queue_flush)
+    p = top.add_parser("track", help="message tracking: one row per message and recipient")
+    p.add_argument("--sender", metavar="ADDRESS")
+    p.add_argument("--recipient", metavar="ADDRESS")
+    p.add_argument("--since", metavar="ISO", help="e.g. 2026-11-23 or 2026-11-23T10:00:00+01:00")
+    p.add_argument("--status", metavar="STATUS", help="received, relayed, deferred, delayed, redelivered, ...")
+    _json_flag(p)
+    p.set_defaults(run=cmd_track)
 
     p = top.add_parser("status", help="every domain's mode and health, queue counts, listeners")
     _json_flag(p)

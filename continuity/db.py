@@ -133,6 +133,17 @@ MIGRATIONS: Sequence[Sequence[str]] = (
             detail TEXT
         )""",
         "CREATE INDEX tracking_events_row ON tracking_events(tracking_id, time)",
+        # Recovery journal: a row before each redelivery attempt, marked after the upstream's 250.
+        """CREATE TABLE recovery_journal (
+            id INTEGER PRIMARY KEY,
+            domain TEXT NOT NULL,
+            address TEXT NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('inbox', 'cs-sent')),
+            message_key TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('sending', 'sent', 'removed')),
+            time REAL NOT NULL,
+            UNIQUE (address, kind, message_key)
+        )""",
     ),
 )
 

@@ -148,10 +148,11 @@ class UserMailbox:
             staging = [entry for entry in entries if entry.name.startswith(STAGING_PREFIX)]
         for entry in staging:
             try:
-                if entry.is_dir(follow_symlinks=False) and now - entry.stat(follow_symlinks=False).st_mtime > STALE_STAGING:
-                    shutil.rmtree(entry.path, ignore_errors=True)
+                stale = now - entry.stat(follow_symlinks=False).st_mtime > STALE_STAGING
             except FileNotFoundError:
                 continue
+            if stale and entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
 
     # -- folders -------------------------------------------------------------------
 
@@ -281,7 +282,9 @@ class UserMailbox:
             if renamed != subscribed:
                 self._write_subscriptions(renamed)
         self._forget([name for pair in pairs for name in pair])
-        self.log.info("renamed folder {old} of {address} to {new}", old=str(old), new=str(new), address=str(self.address))
+        self.log.info(
+            "renamed folder {old} of {address} to {new}", old=str(old), new=str(new), address=str(self.address)
+        )
 
     # -- subscriptions (RFC 3501 6.3.6, 6.3.7) --------------------------------------
 

@@ -44,7 +44,9 @@ class FolderTransaction:
     once and into the uid list, which is saved when the transaction ends.
     """
 
-    def __init__(self, folder: MailFolder, uidlist: UidList, files: dict[str, MessageFile], stamp: Stamp, started: float):
+    def __init__(
+        self, folder: MailFolder, uidlist: UidList, files: dict[str, MessageFile], stamp: Stamp, started: float
+    ):
         self.folder = folder
         self.uidlist = uidlist
         self.files = files
@@ -56,10 +58,6 @@ class FolderTransaction:
 
     def path(self, file: MessageFile) -> str:
         return os.path.join(self.folder.path, file.subdir, file.name)
-
-    def message(self, uid: int) -> MessageRef | None:
-        entry = self.uidlist.get(uid)
-        return None if entry is None else self.ref(entry)
 
     def ref(self, entry: UidEntry) -> MessageRef:
         file = self.files[entry.base]
@@ -192,15 +190,16 @@ class FolderTransaction:
         for attempt in range(2):
             if file is None:
                 return None
+            subdir = "cur" if file.flags else file.subdir  # info flags never go into new/
             try:
-                base, linked = self._link_unique(source.path(file), entry.base, file.subdir, file.flags, entry.size)
+                base, linked = self._link_unique(source.path(file), entry.base, subdir, file.flags, entry.size)
                 break
             except FileNotFoundError:
                 file = source._relocate(entry) if attempt == 0 else None
             except OSError as exc:
                 if exc.errno not in _NO_HARDLINK:
                     raise
-                base, linked = self._copy_in(source.path(file), entry, file)
+                base, linked = self._copy_in(source.path(file), entry, subdir, file.flags)
                 break
         else:
             return None
@@ -208,7 +207,7 @@ class FolderTransaction:
         self.files[base] = linked
         return self.uidlist.assign(base, entry.date, entry.size, linked.flags)
 
-    def _copy_in(self, source: str, entry: UidEntry, file: MessageFile) -> tuple[str, MessageFile]:
+    def _copy_in(self, source: str, entry: UidEntry, subdir: str, flags: str) -> tuple[str, MessageFile]:
         """Copy the bytes through ``tmp/`` (fsync'ed) and link them in: for file systems without hard links."""
         tmp_dir = os.path.join(self.folder.path, "tmp")
         copy_path = os.path.join(tmp_dir, self.folder.names.next_base())
@@ -216,6 +215,6 @@ class FolderTransaction:
             write_file(copy_path, iter(lambda: handle.read(65536), b""), tmp_path=copy_path + ".part", sync_dir=False)
         try:
             os.utime(copy_path, (entry.date, entry.date))
-            return self._link_unique(copy_path, entry.base, file.subdir, file.flags, entry.size)
+            return self._link_unique(copy_path, entry.base, subdir, flags, entry.size)
         finally:
             os.unlink(copy_path)

@@ -26,7 +26,7 @@ def test_twistd_lists_the_plugin():
 def test_wheel_ships_the_plugin(tmp_path):
     """A plain `pip install .` wheel contains twisted/plugins/continuity_plugin.py."""
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path),
          str(ROOT)],
         check=True, timeout=300, capture_output=True,
     )
@@ -57,8 +57,9 @@ def test_service_listens_and_stops_on_sigterm(tmp_path):
     with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
         code, banner = client.ehlo("client.example")
         assert code == 250
-    assert service.stop() == 0
+    assert service.stop() in (0, -15)  # twistd exits with the signal's status after a clean stop
     log = service.log()
+    assert "Server Shut Down." in log
     assert f"smtp listening on 127.0.0.1:{port}" in log
     assert "Traceback" not in log
     # The self-signed pair was generated once in data_dir.

@@ -176,7 +176,13 @@ def test_uidlist_format_round_trip() -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [b"", b"2 V1 N1 M1\n", b"1 V1 N2 M1\n1 M1 T1 S1 F\n", b"1 V1 N3 M1\n2 M1 T1 S1 F :a\n1 M1 T1 S1 F :b\n", b"1 Vx N1 M1\n"],
+    [
+        b"",
+        b"2 V1 N1 M1\n",
+        b"1 V1 N2 M1\n1 M1 T1 S1 F\n",
+        b"1 V1 N3 M1\n2 M1 T1 S1 F :a\n1 M1 T1 S1 F :b\n",
+        b"1 Vx N1 M1\n",
+    ],
     ids=["empty", "unknown_version", "no_base", "descending_uids", "bad_number"],
 )
 def test_malformed_uidlist_refused(data: bytes) -> None:

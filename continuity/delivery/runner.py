@@ -1,0 +1,272 @@
+"""The queue runner: takes due recipients from the index and carries each copy where the router says.
+
+A message is delivered as soon as it is spooled (:meth:`QueueRunner.kick`), and
+due retries are picked up by a periodic pass. For each message the runner
+claims its due recipients (counting the attempt and moving ``next_attempt``
+forward first: a crash retries later), asks the router per recipient, and hands
+the groups to the agents: the upstream relay (one transaction per domain), the
+continuity mailbox, the outbound path. Outcomes: delivered -> ``done``;
+permanent -> ``done`` + DSN; temporary -> an automatic failover when the domain
+allows it (then routed again at once), else ``deferred`` with backoff and a
+DSN at ``max_queue_age``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredSemaphore
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from continuity.config import Config
+from continuity.db import SQLThread
+from continuity.delivery.agents import Agents, Outcome
+from continuity.delivery.router import Decision, Route, route
+from continuity.directory.store import Directory, Domain
+from continuity.spool.index import QueueEntry, QueueIndex
+from continuity.spool.store import MessageSpool
+
+HOLD_HORIZON = 10 * 365 * 86400.0  # held mail waits for recovery, not for a timer
+
+
+class QueueRunner(Service):
+    """Delivers spooled mail; one per service."""
+
+    name = "queue-runner"
+    log = Logger()
+    pass_interval = 1.0
+
+    def __init__(self, reactor: IReactorTime, config: Config, sql: SQLThread, io, index: QueueIndex,
+                 spool: MessageSpool, directory: Directory, agents: Agents, failover=None,
+                 concurrency: int = 32):
+        self._reactor = reactor
+        self._config = config
+        self._sql = sql
+        self._io = io
+        self._index = index
+        self._spool = spool
+        self._directory = directory
+        self._agents = agents
+        self.failover = failover
+        self._semaphore = DeferredSemaphore(concurrency)
+        self._in_flight: set[str] = set()
+        self._call = None
+        self._pass_running: Deferred | None = None
+        self._again = False
+
+    # -- service ---------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._schedule(0)
+
+    def stopService(self):
+        super().stopService()
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        return self._pass_running
+
+    def _schedule(self, delay: float) -> None:
+        if not self.running:
+            return
+        if self._call is not None and self._call.active():
+            if self._call.getTime() <= self._reactor.seconds() + delay:
+                return
+            self._call.cancel()
+        self._call = self._reactor.callLater(delay, self._run_pass)
+
+    def _run_pass(self) -> None:
+        self._call = None
+        if self._pass_running is not None:
+            self._again = True
+            return
+        self._pass_running = Deferred.fromCoroutine(self._pass())
+
+        def done(result):
+            self._pass_running = None
+            if self._again:
+                self._again = False
+                self._schedule(0)
+            else:
+                self._schedule(self.pass_interval)
+            return None
+
+        self._pass_running.addErrback(lambda f: self.log.failure("queue pass failed", f))
+        self._pass_running.addBoth(done)
+
+    def kick(self, queue_id: str | None = None) -> None:
+        """Deliver ``queue_id`` now (just spooled), or run a pass soon."""
+        if queue_id is None:
+            self._schedule(0)
+            return
+        if queue_id in self._in_flight or not self.running:
+            return
+        d = Deferred.fromCoroutine(self._message(queue_id, None))
+        d.addErrback(lambda f: self.log.failure("delivery of {queue_id} failed", f, queue_id=queue_id))
+
+    async def _pass(self) -> None:
+        now = self._reactor.seconds()
+        due = await self._sql.run(self._index.due, now)
+        by_message: dict[str, list[QueueEntry]] = defaultdict(list)
+        for entry in due:
+            if entry.queue_id not in self._in_flight:
+                by_message[entry.queue_id].append(entry)
+        work = [self._semaphore.run(lambda q=q, e=e: Deferred.fromCoroutine(self._message(q, e)))
+                for q, e in by_message.items()]
+        for d in work:
+            try:
+                await d
+            except Exception:
+                self.log.failure("delivery failed")
+
+    # -- one message -----------------------------------------------------
+
+    def _backoff(self, attempts: int) -> float:
+        intervals = self._config.relay.retry_intervals
+        return intervals[min(attempts, len(intervals) - 1)]
+
+    async def _message(self, queue_id: str, entries: Sequence[QueueEntry] | None) -> None:
+        if queue_id in self._in_flight:
+            return
+        self._in_flight.add(queue_id)
+        try:
+            if entries is None:
+                entries = [e for e in await self._sql.run(self._index.pending, queue_id)
+                           if e.state in ("queued", "deferred")]
+            if not entries:
+                return
+            now = self._reactor.seconds()
+            attempts = max(e.attempts for e in entries)
+            await self._sql.run(self._index.claim, [e.id for e in entries], now + self._backoff(attempts))
+            try:
+                envelope, message = await self._io(self._spool.read, queue_id)
+            except FileNotFoundError:
+                self.log.error("spool file of {queue_id} is missing", queue_id=queue_id)
+                return
+            await self._deliver(queue_id, envelope.sender, message, list(entries), rerouted=False)
+            if not await self._sql.run(self._index.pending, queue_id):
+                await self._io(self._spool.remove, queue_id)
+        finally:
+            self._in_flight.discard(queue_id)
+
+    async def _decide(self, entries: Sequence[QueueEntry]) -> list[tuple[QueueEntry, Decision, Domain | None]]:
+        def lookups():
+            result = []
+            domains: dict[str, Domain | None] = {}
+            for entry in entries:
+                if entry.domain not in domains:
+                    domains[entry.domain] = self._directory.find_domain(entry.domain)
+                domain = domains[entry.domain]
+                if entry.direction == "outbound" and domain is None:
+                    result.append((entry, route(None, None), None))
+                    continue
+                user = self._directory.resolve(entry.recipient) if domain is not None else None
+                result.append((entry, route(domain, user), domain))
+            return result
+
+        return await self._sql.run(lookups)
+
+    async def _deliver(self, queue_id: str, sender: str, message: bytes, entries: list[QueueEntry],
+                       rerouted: bool) -> None:
+        decisions = await self._decide(entries)
+        relay: dict[str, list[QueueEntry]] = defaultdict(list)
+        domains: dict[str, Domain] = {}
+        outbound: list[QueueEntry] = []
+        held: dict[str, list[QueueEntry]] = defaultdict(list)
+        for entry, decision, domain in decisions:
+            if decision.route is Route.RELAY:
+                relay[domain.name].append(entry)
+                domains[domain.name] = domain
+            elif decision.route is Route.MAILBOX:
+                await self._to_mailbox(queue_id, sender, message, entry, decision.mailbox)
+            elif decision.route is Route.HOLD:
+                held[decision.reason].append(entry)
+            else:
+                outbound.append(entry)
+        for reason, group in held.items():
+            await self._sql.run(self._index.defer, group, reason, self._reactor.seconds() + HOLD_HORIZON, "held")
+        for name, group in relay.items():
+            await self._to_upstream(queue_id, sender, message, domains[name], group, rerouted)
+        if outbound:
+            outcomes = await self._agents.outbound(sender, outbound, message)
+            await self._settle(queue_id, sender, message, outcomes, delivered_status="sent")
+
+    async def _to_mailbox(self, queue_id: str, sender: str, message: bytes, entry: QueueEntry, address: str) -> None:
+        try:
+            ref = await self._agents.mailbox(address, sender, entry.recipient, message)
+        except Exception as exc:
+            self.log.failure("continuity delivery of {queue_id} to {address} failed", queue_id=queue_id,
+                             address=address)
+            await self._defer_or_expire(queue_id, sender, message, [entry], f"mailbox delivery failed: {exc}")
+            return
+        await self._sql.run(self._index.finish, [entry], "delayed", f"in the continuity mailbox of {address}",
+                            [f"{address}/{ref}"])
+        self.log.info("{queue_id} delivered to the continuity mailbox of {address}", queue_id=queue_id,
+                      address=address)
+
+    async def _to_upstream(self, queue_id: str, sender: str, message: bytes, domain: Domain,
+                           entries: list[QueueEntry], rerouted: bool) -> None:
+        outcomes = await self._agents.upstream(domain, sender, entries, message)
+        temporary = [o for o in outcomes if o.kind == "temporary"]
+        if temporary and not rerouted and self.failover is not None and self.failover.can_fail_over(domain):
+            self.failover.upstream_failed(domain.name, temporary[0].detail)
+            await self._settle(queue_id, sender, message, [o for o in outcomes if o.kind != "temporary"],
+                               delivered_status="relayed")
+            # The domain is in emergency mode now: route the rest again, at once.
+            await self._deliver(queue_id, sender, message, [o.entry for o in temporary], rerouted=True)
+            return
+        await self._settle(queue_id, sender, message, outcomes, delivered_status="relayed")
+
+    async def _settle(self, queue_id: str, sender: str, message: bytes, outcomes: Sequence[Outcome],
+                      delivered_status: str) -> None:
+        delivered = [o for o in outcomes if o.kind == "delivered"]
+        permanent = [o for o in outcomes if o.kind == "permanent"]
+        temporary = [o for o in outcomes if o.kind == "temporary"]
+        for outcome in delivered:
+            await self._sql.run(self._index.finish, [outcome.entry], delivered_status, outcome.detail)
+            self.log.info("{queue_id} {status} for {recipient}: {detail}", queue_id=queue_id,
+                          status=delivered_status, recipient=outcome.entry.recipient, detail=outcome.detail)
+        if permanent:
+            await self._bounce(queue_id, sender, message, [(o.entry, o.detail) for o in permanent])
+        for outcome in temporary:
+            await self._defer_or_expire(queue_id, sender, message, [outcome.entry], outcome.detail)
+
+    async def _defer_or_expire(self, queue_id: str, sender: str, message: bytes, entries: list[QueueEntry],
+                               detail: str) -> None:
+        now = self._reactor.seconds()
+        expired = [e for e in entries if now - e.received >= self._config.relay.max_queue_age]
+        waiting = [e for e in entries if e not in expired]
+        if expired:
+            await self._bounce(queue_id, sender, message,
+                               [(e, f"delivery time expired after {e.attempts} attempts: {detail}") for e in expired])
+        if waiting:
+            attempts = max(e.attempts for e in waiting)
+            await self._sql.run(self._index.defer, waiting, detail, now + self._backoff(attempts))
+            self.log.info("{queue_id} deferred for {count} recipient(s): {detail}", queue_id=queue_id,
+                          count=len(waiting), detail=detail)
+
+    async def _bounce(self, queue_id: str, sender: str, message: bytes,
+                      failures: list[tuple[QueueEntry, str]]) -> None:
+        await self._sql.run(self._index.finish, [e for e, _ in failures], "bounced",
+                            "; ".join(sorted({d for _, d in failures})))
+        self.log.info("{queue_id} bounced for {count} recipient(s)", queue_id=queue_id, count=len(failures))
+        if sender:  # never a DSN to the null sender (RFC 5321 6.1)
+            await self._agents.notify_sender(queue_id, sender, message, failures)
+
+    # -- failover hooks --------------------------------------------------
+
+    async def reroute(self, domain: str) -> None:
+        """Make the domain's pending mail due now (a mode switch changes where it goes)."""
+        entries = await self._sql.run(self._index.for_domain, domain)
+        await self._sql.run(self._index.release, entries, self._reactor.seconds())
+        self.kick()
+
+    async def flush(self, domain: str | None = None) -> int:
+        count = await self._sql.run(self._index.release_all, domain, self._reactor.seconds())
+        self.kick()
+        return count

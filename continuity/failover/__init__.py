@@ -1,0 +1,1 @@
+"""Per-domain failover: the mode state machine, upstream health probes, recovery."""

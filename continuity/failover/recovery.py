@@ -1,0 +1,146 @@
+"""Recovery: redeliver what is left in covered users' INBOXes to the upstream, then remove it.
+
+For each message in a user's ``INBOX`` (``new/`` and ``cur/``, whoever put it
+there) the journal gets a ``sending`` row *before* the relay; after the
+upstream's ``250`` the row becomes ``sent`` and only then is the local file
+removed (``removed``). After a crash, ``sent`` rows are removed without being
+sent again; ``sending`` rows are sent again (at-least-once: the upstream may
+see a duplicate only if the crash fell between its ``250`` and our commit).
+A temporary failure stops the recovery: the rest stays local and the domain
+goes back to emergency. Afterwards every continuity delivery still tracked as
+``delayed`` gets its final state: ``redelivered``, ``moved`` or ``deleted``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from twisted.logger import Logger
+
+from continuity import tracking
+from continuity.db import Database, SQLThread
+from continuity.directory.store import Directory
+from continuity.envelope import parse_address
+from continuity.mailstore import MaildirStore, MessageRef
+from continuity.smtp.pool import ConnectionPool
+
+_OUR_HEADERS = re.compile(rb"\A(?:(?:Return-Path|Delivered-To):[^\r\n]*\r?\n)+", re.IGNORECASE)
+_RETURN_PATH = re.compile(rb"\AReturn-Path:[ \t]*<([^>\r\n]*)>", re.IGNORECASE)
+
+
+def split_delivery_headers(message: bytes) -> tuple[str, bytes]:
+    """The envelope sender from our ``Return-Path`` and the message without our two headers."""
+    match = _RETURN_PATH.match(message)
+    sender = match.group(1).decode("utf-8", "replace") if match else ""
+    stripped = _OUR_HEADERS.sub(b"", message, count=1)
+    return sender, stripped
+
+
+class RecoveryJournal:
+    """The ``recovery_journal`` table and the tracking updates of recovery (synchronous)."""
+
+    def __init__(self, db: Database, clock: Callable[[], float]):
+        self.db = db
+        self._clock = clock
+
+    def state(self, address: str, kind: str, key: str) -> str | None:
+        rows = self.db.read("SELECT state FROM recovery_journal WHERE address = ? AND kind = ? AND message_key = ?",
+                            (address, kind, key))
+        return rows[0][0] if rows else None
+
+    def mark(self, domain: str, address: str, kind: str, key: str, state: str) -> None:
+        with self.db.transaction() as conn:
+            conn.execute(
+                "INSERT INTO recovery_journal (domain, address, kind, message_key, state, time)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (address, kind, message_key)"
+                " DO UPDATE SET state = excluded.state, time = excluded.time",
+                (domain, address, kind, key, state, self._clock()),
+            )
+
+    def redelivered(self, address: str, key: str, detail: str) -> None:
+        ref = f"{address}/{key}"
+        now = self._clock()
+        with self.db.transaction() as conn:
+            for (tracking_id,) in conn.execute("SELECT id FROM tracking WHERE mailbox_ref = ? AND status = 'delayed'",
+                                               (ref,)).fetchall():
+                tracking.record(conn, tracking_id, "redelivered", now, detail)
+
+    def delayed_refs(self, domain: str) -> list[tuple[int, str]]:
+        rows = self.db.read("SELECT id, mailbox_ref FROM tracking WHERE status = 'delayed' AND mailbox_ref LIKE ?",
+                            (f"%@{domain}/%",))
+        return [(r[0], r[1]) for r in rows]
+
+    def settle(self, tracking_id: int, status: str, detail: str) -> None:
+        with self.db.transaction() as conn:
+            tracking.record(conn, tracking_id, status, self._clock(), detail)
+
+
+class Recovery:
+    """Runs the recovery of one domain; returns True when it finished, False when interrupted."""
+
+    log = Logger()
+
+    def __init__(self, sql: SQLThread, io: Callable, directory: Directory, journal: RecoveryJournal,
+                 mailstore: MaildirStore, pool: ConnectionPool):
+        self._sql = sql
+        self._io = io
+        self._directory = directory
+        self._journal = journal
+        self._mailstore = mailstore
+        self._pool = pool
+
+    async def __call__(self, domain_name: str) -> bool:
+        domain = await self._sql.run(self._directory.find_domain, domain_name)
+        if domain is None:
+            return True
+        users = await self._sql.run(self._directory.list_users, domain.name)
+        sent = 0
+        for user in users:
+            address = parse_address(user.address)
+            for ref in await self._io(self._mailstore.inbox_messages, address):
+                outcome = await self._redeliver(domain.name, str(domain.upstream), user.address, ref)
+                if outcome is None:
+                    self.log.warn("recovery of {domain} interrupted after {sent} message(s)", domain=domain.name,
+                                  sent=sent)
+                    return False
+                sent += outcome
+        await self._settle_tracking(domain.name)
+        self.log.info("recovery of {domain} finished: {sent} message(s) redelivered", domain=domain.name, sent=sent)
+        return True
+
+    async def _redeliver(self, domain: str, upstream: str, address: str, ref: MessageRef) -> int | None:
+        """1 when sent, 0 when skipped, None when the upstream failed temporarily."""
+        state = await self._sql.run(self._journal.state, address, "inbox", ref.base)
+        if state in ("sent", "removed"):
+            await self._io(self._mailstore.remove_message, ref)
+            await self._sql.run(self._journal.mark, domain, address, "inbox", ref.base, "removed")
+            return 0
+        try:
+            data = await self._io(self._mailstore.read_message, ref)
+        except Exception:
+            return 0  # expunged meanwhile: nothing to send
+        sender, message = split_delivery_headers(data)
+        await self._sql.run(self._journal.mark, domain, address, "inbox", ref.base, "sending")
+        result = await self._pool.deliver(upstream, sender, [address], message)
+        reply = result.recipients[0]
+        if reply.temporary:
+            return None
+        if reply.permanent:
+            self.log.warn("upstream refused redelivery of {base} to {address}: {reply}; kept locally",
+                          base=ref.base, address=address, reply=str(reply))
+            return 0
+        await self._sql.run(self._journal.mark, domain, address, "inbox", ref.base, "sent")
+        await self._sql.run(self._journal.redelivered, address, ref.base, f"{result.upstream} said: {reply}")
+        await self._io(self._mailstore.remove_message, ref)
+        await self._sql.run(self._journal.mark, domain, address, "inbox", ref.base, "removed")
+        return 1
+
+    async def _settle_tracking(self, domain: str) -> None:
+        for tracking_id, mailbox_ref in await self._sql.run(self._journal.delayed_refs, domain):
+            address, _, base = mailbox_ref.partition("/")
+            found = await self._io(self._mailstore.find_message, parse_address(address), base)
+            if found is None:
+                await self._sql.run(self._journal.settle, tracking_id, "deleted", "deleted by the user during the outage")
+            elif not found.folder.is_inbox:
+                await self._sql.run(self._journal.settle, tracking_id, "moved", f"moved to {found.folder}")

@@ -1,0 +1,133 @@
+"""The MX policy of the ``smtp`` listener (CONTRACT section 4: hosted domains only).
+
+- A recipient at a domain we do not host is refused ``550 5.7.1`` unless the
+  client is in ``relay_networks`` or authenticated (then it is outbound mail).
+- In ``normal`` mode any local part of a hosted domain is accepted: recipient
+  checks are the upstream's, and its refusal becomes a DSN.
+- In ``emergency`` (and ``recovering``) mode only users and aliases are
+  accepted; anyone else is refused ``550 5.1.1``.
+- Accepted mail is spooled durably (with our ``Received:`` field) before the
+  server may answer ``250``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from continuity.config import Config
+from continuity.db import SQLThread
+from continuity.directory.store import Directory
+from continuity.envelope import Address, Envelope
+from continuity.smtp.codes import SMTPReply
+from continuity.smtp.server import ISMTPPolicy, Session
+from continuity.spool.index import QueueIndex
+from continuity.spool.intake import MessageIntake, received_header
+from continuity.spool.store import new_queue_id
+
+
+class ConnectionLimit:
+    """Simultaneous connections per client IP on one listener (``connections_per_ip``)."""
+
+    def __init__(self, limit: int, hostname: str):
+        self._limit = limit
+        self._hostname = hostname
+        self._open: Counter[str] = Counter()
+
+    def acquire(self, session: Session) -> None:
+        if self._open[session.peer_ip] >= self._limit:
+            raise SMTPReply(421, "4.7.0", f"{self._hostname} Error: too many connections from {session.peer_ip}")
+        self._open[session.peer_ip] += 1
+
+    def release(self, session: Session) -> None:
+        self._open[session.peer_ip] -= 1
+        if self._open[session.peer_ip] <= 0:
+            del self._open[session.peer_ip]
+
+
+@implementer(ISMTPPolicy)
+class InboundPolicy:
+    """Who may send what to whom on the MX listener."""
+
+    log = Logger()
+
+    def __init__(self, config: Config, sql: SQLThread, directory: Directory, index: QueueIndex,
+                 intake: MessageIntake, clock):
+        self._config = config
+        self._sql = sql
+        self._directory = directory
+        self._index = index
+        self._intake = intake
+        self._clock = clock
+        self._connections = ConnectionLimit(config.limits.connections_per_ip, config.server.hostname)
+        self._networks = config.outbound.relay_networks
+        self._senders: dict[str, str] = {}  # session id -> current MAIL FROM, for tracking rejections
+
+    def connection_made(self, session: Session) -> None:
+        self._connections.acquire(session)
+
+    def connection_lost(self, session: Session) -> None:
+        self._connections.release(session)
+        self._senders.pop(session.session_id, None)
+
+    def _may_relay(self, session: Session) -> bool:
+        if session.authenticated:
+            return True
+        try:
+            ip = ipaddress.ip_address(session.peer_ip)
+        except ValueError:
+            return False
+        return any(ip in network for network in self._networks)
+
+    def check_sender(self, session: Session, sender: Address | None, parameters: dict) -> None:
+        self._senders[session.session_id] = str(sender) if sender is not None else ""
+
+    async def check_recipient(self, session: Session, recipient: Address, raw: str, parameters: dict) -> None:
+        domain = await self._sql.run(self._directory.find_domain, recipient.domain)
+        if domain is None:
+            if self._may_relay(session):
+                return None
+            await self._reject(session, recipient, "relay access denied")
+            raise SMTPReply(550, "5.7.1", f"<{raw}>: Relay access denied")
+        if domain.mode == "normal":
+            return None
+        user = await self._sql.run(self._directory.resolve, recipient)
+        if user is None:
+            await self._reject(session, recipient, f"user unknown in {domain.mode} mode")
+            raise SMTPReply(550, "5.1.1", f"<{raw}>: Recipient address rejected: User unknown")
+        return None
+
+    async def _reject(self, session: Session, recipient: Address, detail: str) -> None:
+        sender = self._senders.get(session.session_id, "")
+        self.log.info("{session}: rejected RCPT {recipient} from {ip}: {detail}", session=session.session_id,
+                      recipient=str(recipient), ip=session.peer_ip, detail=detail)
+        await self._sql.run(self._index.record_rejection, sender, str(recipient), f"{detail} (client {session.peer_ip})")
+
+    async def accept_message(self, session: Session, envelope: Envelope, data: bytes) -> str:
+        queue_id = new_queue_id(self._clock.seconds())
+        recipients = [str(r) for r in envelope.recipients]
+        hosted = await self._sql.run(lambda: {d for d in {r.domain for r in envelope.recipients}
+                                              if self._directory.find_domain(d) is not None})
+        directions = ["inbound" if r.domain in hosted else "outbound" for r in envelope.recipients]
+        header = received_header(
+            hostname=self._config.server.hostname, helo=session.helo, client_ip=session.peer_ip,
+            protocol=session.with_protocol, queue_id=queue_id,
+            recipient=recipients[0] if len(recipients) == 1 else None, now=self._clock.seconds(),
+        )
+        direction = "inbound" if all(d == "inbound" for d in directions) else "outbound"
+        await self._intake.accept(
+            sender=str(envelope.sender) if envelope.sender else "", recipients=recipients, chunks=[header, data],
+            direction=direction, origin="smtp", client=session.peer_ip,
+            auth_user=str(session.user) if session.user is not None else None, queue_id=queue_id,
+            directions=directions,
+        )
+        self.log.info("{session}: {queue_id} accepted from {ip}, {count} recipient(s), {size} bytes",
+                      session=session.session_id, queue_id=queue_id, ip=session.peer_ip, count=len(recipients),
+                      size=len(data))
+        return queue_id
+
+    def authenticate(self, session: Session, mechanism: str, username: str, password: str):
+        return None

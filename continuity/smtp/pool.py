@@ -1,0 +1,212 @@
+"""Sessions to upstreams kept open between messages, for the queue runner.
+
+Opening a session costs a TCP handshake, a greeting, EHLO, often a TLS
+handshake and EHLO again; a queue of mail for one customer server should pay
+that once. :class:`ConnectionPool` keeps each :class:`SMTPConnection` open
+after its transaction (RFC 5321 4.1.4: MAIL may follow a completed
+transaction directly; an unfinished one was ended with RSET), hands it to the
+next message for the same upstream and closes it with QUIT after
+``idle_timeout`` seconds without work, after ``max_transactions`` messages,
+or at :meth:`ConnectionPool.close`.
+
+A server may close an idle session at any time (RFC 5321 4.5.3.2.7); if a
+reused session turns out to be gone when MAIL is sent, the message is sent
+once more on a fresh session, so that a normal idle close never looks like
+an upstream failure (which would trigger failover, CONTRACT 4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from continuity.smtp.client import (
+    DeliveryResult,
+    EndpointFactory,
+    Message,
+    RunInThread,
+    SMTPConnection,
+    TLSMode,
+    UpstreamError,
+    connect,
+)
+
+
+@attrs.define
+class _Idle:
+    connection: SMTPConnection
+    timer: IDelayedCall
+
+
+class ConnectionPool:
+    """Delivers messages to upstreams over sessions it keeps open between them.
+
+    Use::
+
+        pool = ConnectionPool(clock=reactor, hostname=config.server.hostname,
+                              endpoint_factory=hostname_endpoint_factory(reactor),
+                              timeout=config.relay.timeout)
+        result = await pool.deliver("mail.customer.example:25", sender, recipients, path)
+        ...
+        await pool.close()  # when the service stops
+
+    Messages to one upstream may be delivered concurrently; each takes an
+    idle session or opens one, so concurrency is the caller's to limit.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        *,
+        clock: IReactorTime,
+        hostname: str,
+        endpoint_factory: EndpointFactory,
+        timeout: float = 30.0,
+        tls: TLSMode = TLSMode.OPPORTUNISTIC,
+        idle_timeout: float = 5.0,
+        max_transactions: int = 100,
+        max_idle: int = 4,
+        run_in_thread: RunInThread | None = None,
+    ) -> None:
+        """
+        :param clock: times connects, replies and idle sessions.
+        :param hostname: our name for EHLO.
+        :param endpoint_factory: builds the endpoint of an upstream ``"host:port"``.
+        :param timeout: seconds for the connect and each reply (CONTRACT ``[relay] timeout``).
+        :param idle_timeout: seconds an unused session stays open.
+        :param max_transactions: messages per session before it is closed.
+        :param max_idle: idle sessions kept per upstream.
+        :param run_in_thread: runs blocking reads of message files off the reactor.
+        """
+        self._clock = clock
+        self._hostname = hostname
+        self._endpoint_factory = endpoint_factory
+        self._timeout = timeout
+        self._tls = tls
+        self._idle_timeout = idle_timeout
+        self._max_transactions = max_transactions
+        self._max_idle = max_idle
+        self._run_in_thread = run_in_thread
+        self._idle: dict[str, list[_Idle]] = {}
+        self._quitting: set[Deferred[None]] = set()
+        self._closed = False
+        #: Sessions opened so far (for tests and status).
+        self.connections_opened = 0
+
+    def idle(self, upstream: str) -> int:
+        """How many idle sessions to ``upstream`` are open."""
+        return len(self._idle.get(upstream, ()))
+
+    async def deliver(
+        self, upstream: str, sender: str, recipients: Sequence[str], message: Message
+    ) -> DeliveryResult:
+        """Deliver one message to ``upstream`` (``"host:port"``); see :func:`continuity.smtp.client.deliver`.
+
+        :raises OSError: if a message file can't be read; nothing was delivered.
+        """
+        if self._closed:
+            raise RuntimeError("the connection pool is closed")
+        connection = self._take(upstream)
+        if connection is not None:
+            result = await self._send(upstream, connection, sender, recipients, message)
+            gone = result.stage == "MAIL" and not connection.usable
+            if not gone or len(result.temporary) < len(result.recipients):
+                return result
+            self.log.info("idle session to {upstream} had gone; sending on a new one", upstream=upstream)
+        try:
+            connection = await self._open(upstream)
+        except UpstreamError as failure:
+            return DeliveryResult(upstream, tuple(failure.result_for(r) for r in recipients), failure.stage)
+        return await self._send(upstream, connection, sender, recipients, message)
+
+    async def close(self) -> None:
+        """QUIT every idle session and stop taking work; waits until they are closed."""
+        self._closed = True
+        for idle in [idle for entries in self._idle.values() for idle in entries]:
+            self._drop(idle)
+        self._idle.clear()
+        await DeferredList(list(self._quitting))
+
+    # -- internals --------------------------------------------------------
+
+    async def _open(self, upstream: str) -> SMTPConnection:
+        endpoint = self._endpoint_factory(upstream, self._timeout)
+        connection = await connect(
+            endpoint, self._hostname, clock=self._clock, timeout=self._timeout, tls=self._tls,
+            upstream=upstream, run_in_thread=self._run_in_thread,
+        )
+        self.connections_opened += 1
+        connection.when_closed().addCallback(lambda _: self._forget(upstream, connection))
+        return connection
+
+    async def _send(
+        self, upstream: str, connection: SMTPConnection, sender: str, recipients: Sequence[str], message: Message
+    ) -> DeliveryResult:
+        try:
+            result = await connection.send(sender, recipients, message)
+        except BaseException:
+            connection.abort()
+            raise
+        self._give_back(upstream, connection)
+        return result
+
+    def _take(self, upstream: str) -> SMTPConnection | None:
+        entries = self._idle.get(upstream, [])
+        while entries:
+            idle = entries.pop()
+            if idle.timer.active():
+                idle.timer.cancel()
+            if idle.connection.usable:
+                return idle.connection
+            self._quit(idle.connection)
+        return None
+
+    def _give_back(self, upstream: str, connection: SMTPConnection) -> None:
+        entries = self._idle.setdefault(upstream, [])
+        if (
+            self._closed
+            or not connection.usable
+            or connection.transactions >= self._max_transactions
+            or len(entries) >= self._max_idle
+        ):
+            self._quit(connection)
+            return
+        timer = self._clock.callLater(self._idle_timeout, self._expire, upstream, connection)
+        entries.append(_Idle(connection, timer))
+
+    def _expire(self, upstream: str, connection: SMTPConnection) -> None:
+        entries = self._idle.get(upstream, [])
+        for idle in list(entries):
+            if idle.connection is connection:
+                entries.remove(idle)
+                self._quit(connection)
+
+    def _forget(self, upstream: str, connection: SMTPConnection) -> None:
+        """The connection closed (maybe by the server): it is idle no more."""
+        entries = self._idle.get(upstream, [])
+        for idle in list(entries):
+            if idle.connection is connection:
+                entries.remove(idle)
+                if idle.timer.active():
+                    idle.timer.cancel()
+
+    def _drop(self, idle: _Idle) -> None:
+        if idle.timer.active():
+            idle.timer.cancel()
+        self._quit(idle.connection)
+
+    def _quit(self, connection: SMTPConnection) -> None:
+        quitting = Deferred.fromCoroutine(connection.quit())
+        self._quitting.add(quitting)
+
+        def done(result: object) -> None:
+            self._quitting.discard(quitting)
+            return None
+
+        quitting.addErrback(lambda failure: self.log.failure("closing a session failed", failure))
+        quitting.addBoth(done)

@@ -1,0 +1,97 @@
+"""Taking a message into the spool: the one path behind every ``250`` and every generated message.
+
+``accept()`` writes the spool file durably (on the I/O thread pool), indexes
+its recipients (on the SQL thread) and wakes the queue runner. Only when it
+returns may the SMTP server answer ``250``. SMTP inbound, submission, DSNs and
+CS-SENT copies all come through here.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+from collections.abc import Callable, Sequence
+
+from twisted.internet.interfaces import IReactorTime
+
+from continuity.db import SQLThread
+from continuity.spool.index import QueueIndex
+from continuity.spool.store import MessageSpool, SpoolEnvelope, new_queue_id
+
+_MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(.*?)\r?$", re.IGNORECASE | re.MULTILINE)
+
+
+def header_section(message: bytes, limit: int = 65536) -> bytes:
+    """The header section of ``message`` (up to the first empty line, at most ``limit`` bytes)."""
+    head = message[:limit]
+    for separator in (b"\r\n\r\n", b"\n\n"):
+        end = head.find(separator)
+        if end != -1:
+            return head[:end + len(separator) // 2]
+    return head
+
+
+def message_id_of(message: bytes) -> str | None:
+    match = _MESSAGE_ID.search(header_section(message))
+    if not match:
+        return None
+    return match.group(1).strip().decode("utf-8", "replace")[:200] or None
+
+
+def received_header(*, hostname: str, helo: str | None, client_ip: str | None, protocol: str, queue_id: str,
+                    recipient: str | None, now: float) -> bytes:
+    """Our trace header (RFC 5321 4.4): ``from`` the client, ``by`` us, ``with`` the protocol."""
+    source = f"{helo or 'unknown'} ([{client_ip}])" if client_ip else (helo or "localhost")
+    for_clause = f"\r\n\tfor <{recipient}>" if recipient else ""
+    date = email.utils.formatdate(now, localtime=False)
+    text = f"Received: from {source}\r\n\tby {hostname} (continuity) with {protocol} id {queue_id}{for_clause};" \
+           f"\r\n\t{date}\r\n"
+    return text.encode("utf-8", "replace")
+
+
+class MessageIntake:
+    """Durable acceptance of new messages."""
+
+    def __init__(self, reactor: IReactorTime, sql: SQLThread, io: Callable, spool: MessageSpool,
+                 index: QueueIndex, kick: Callable[[str], None] | None = None):
+        self._reactor = reactor
+        self._sql = sql
+        self._io = io
+        self._spool = spool
+        self._index = index
+        self.kick = kick
+
+    async def accept(self, *, sender: str, recipients: Sequence[str], chunks: Sequence[bytes], direction: str,
+                     origin: str, client: str | None = None, auth_user: str | None = None,
+                     queue_id: str | None = None, directions: Sequence[str] | None = None,
+                     extra: dict | None = None) -> str:
+        """Spool and index a message; return its queue id once it is durable."""
+        now = self._reactor.seconds()
+        queue_id = queue_id or new_queue_id(now)
+        envelope = SpoolEnvelope(
+            queue_id=queue_id, sender=sender, recipients=tuple(recipients), received=now, direction=direction,
+            origin=origin, client=client, auth_user=auth_user,
+            message_id=message_id_of(b"".join(chunks[:2]) if len(chunks) > 1 else chunks[0]),
+            extra=dict(extra or {}),
+        )
+        size = await self._io(self._spool.write, envelope, chunks)
+        await self._sql.run(self._index.add, envelope, size, directions)
+        if self.kick is not None:
+            self.kick(queue_id)
+        return queue_id
+
+    async def recover_spool(self) -> tuple[int, int]:
+        """At start-up: index spool files a crash left unindexed, remove finished ones."""
+        await self._io(self._spool.prepare)
+        on_disk = set(await self._io(lambda: list(self._spool.queue_ids())))
+        known = await self._sql.run(self._index.known_queue_ids)
+        reindexed = 0
+        for queue_id in sorted(on_disk - known):
+            envelope, message = await self._io(self._spool.read, queue_id)
+            await self._sql.run(self._index.add, envelope, len(message))
+            reindexed += 1
+        removed = 0
+        for queue_id in await self._sql.run(self._index.finished_queue_ids):
+            if queue_id in on_disk and await self._io(self._spool.remove, queue_id):
+                removed += 1
+        return reindexed, removed

@@ -1,0 +1,109 @@
+"""Spool files: each accepted message on disk with its envelope, durable before ``250``.
+
+``spool/messages/<queue_id>`` holds one JSON line with the envelope (sender,
+recipients, origin, time), then the message exactly as it will be delivered
+(our ``Received:`` header first). The file is written in ``spool/tmp/``,
+fsync'ed, linked into ``messages/`` and the directory fsync'ed
+(:mod:`continuity.durable`). Because the envelope travels with the body, the
+file alone is enough to rebuild the queue index after a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from collections.abc import Iterable, Iterator
+
+import attrs
+
+from continuity import durable
+
+
+def new_queue_id(now: float | None = None) -> str:
+    """A sortable, unique queue id: microseconds since the epoch in hex, then randomness."""
+    micros = int((time.time() if now is None else now) * 1_000_000)
+    return f"{micros:014X}{secrets.token_hex(3).upper()}"
+
+
+@attrs.frozen
+class SpoolEnvelope:
+    """What the spool file records besides the message itself."""
+
+    queue_id: str
+    sender: str  # "" for the null sender
+    recipients: tuple[str, ...]
+    received: float
+    direction: str  # inbound | outbound
+    origin: str  # smtp | submission | dsn | recovery
+    client: str | None = None
+    auth_user: str | None = None
+    message_id: str | None = None
+    # Extra routing facts (e.g. the user a CS-SENT copy belongs to).
+    extra: dict = attrs.field(factory=dict)
+
+    def to_line(self) -> bytes:
+        data = attrs.asdict(self)
+        data["v"] = 1
+        return json.dumps(data, separators=(",", ":"), sort_keys=True).encode("utf-8") + b"\n"
+
+    @classmethod
+    def from_line(cls, line: bytes) -> "SpoolEnvelope":
+        data = json.loads(line)
+        data.pop("v", None)
+        data["recipients"] = tuple(data["recipients"])
+        return cls(**data)
+
+
+class MessageSpool:
+    """The directory of spool files (synchronous; the service calls it on a thread pool)."""
+
+    def __init__(self, root: str):
+        self.root = root
+        self.messages_dir = os.path.join(root, "messages")
+        self.tmp_dir = os.path.join(root, "tmp")
+
+    def prepare(self) -> None:
+        durable.make_dirs(self.messages_dir)
+        durable.make_dirs(self.tmp_dir)
+        for name in os.listdir(self.tmp_dir):  # half-written files of a crash: never acknowledged
+            os.unlink(os.path.join(self.tmp_dir, name))
+
+    def path(self, queue_id: str) -> str:
+        if not queue_id.isalnum():
+            raise ValueError(f"bad queue id {queue_id!r}")
+        return os.path.join(self.messages_dir, queue_id)
+
+    def write(self, envelope: SpoolEnvelope, chunks: Iterable[bytes]) -> int:
+        """Write the spool file durably; return the message size (without the envelope line)."""
+        line = envelope.to_line()
+        size = durable.write_file(
+            self.path(envelope.queue_id),
+            [line, *chunks],
+            tmp_path=os.path.join(self.tmp_dir, envelope.queue_id),
+            overwrite=False,
+        )
+        return size - len(line)
+
+    def read_envelope(self, queue_id: str) -> SpoolEnvelope:
+        with open(self.path(queue_id), "rb") as handle:
+            return SpoolEnvelope.from_line(handle.readline())
+
+    def read(self, queue_id: str) -> tuple[SpoolEnvelope, bytes]:
+        """The envelope and the whole message."""
+        with open(self.path(queue_id), "rb") as handle:
+            envelope = SpoolEnvelope.from_line(handle.readline())
+            return envelope, handle.read()
+
+    def exists(self, queue_id: str) -> bool:
+        return os.path.exists(self.path(queue_id))
+
+    def remove(self, queue_id: str) -> bool:
+        return durable.remove_file(self.path(queue_id))
+
+    def queue_ids(self) -> Iterator[str]:
+        with os.scandir(self.messages_dir) as entries:
+            for entry in entries:
+                if entry.name.isalnum():
+                    yield entry.name

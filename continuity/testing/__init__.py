@@ -1,0 +1,1 @@
+"""Shared test support: peers and fakes that tests in several packages use."""

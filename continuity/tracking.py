@@ -1,0 +1,85 @@
+"""Message tracking: one row per message and recipient, with its history of events.
+
+Statuses (CONTRACT section 3): ``received``, ``relayed``, ``deferred``,
+``delayed`` (delivered to a continuity mailbox), ``redelivered``, ``deleted``,
+``moved``, ``bounced``, ``rejected``, ``sent``. The row's ``status`` is the
+latest event's; ``tracking_events`` keeps them all. Functions taking ``conn``
+run inside the caller's transaction, so a state change and its tracking event
+commit together.
+"""
+
+from __future__ import annotations
+
+import datetime
+import sqlite3
+from typing import Any
+
+from continuity.db import Database
+
+STATUSES = ("received", "relayed", "deferred", "delayed", "redelivered", "deleted", "moved", "bounced",
+            "rejected", "sent")
+
+
+def create(conn: sqlite3.Connection, *, queue_id: str | None, message_id: str | None, sender: str,
+           recipient: str, direction: str, status: str, now: float, detail: str | None = None) -> int:
+    """A new tracking row with its first event; returns its id."""
+    cursor = conn.execute(
+        "INSERT INTO tracking (queue_id, message_id, sender, recipient, direction, status, time)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (queue_id, message_id, sender, recipient, direction, status, now),
+    )
+    tracking_id = cursor.lastrowid
+    conn.execute("INSERT INTO tracking_events (tracking_id, time, status, detail) VALUES (?, ?, ?, ?)",
+                 (tracking_id, now, status, detail))
+    return tracking_id
+
+
+def record(conn: sqlite3.Connection, tracking_id: int, status: str, now: float, detail: str | None = None,
+           mailbox_ref: str | None = None) -> None:
+    """Append an event and make it the row's current status."""
+    if mailbox_ref is not None:
+        conn.execute("UPDATE tracking SET status = ?, time = ?, mailbox_ref = ? WHERE id = ?",
+                     (status, now, mailbox_ref, tracking_id))
+    else:
+        conn.execute("UPDATE tracking SET status = ?, time = ? WHERE id = ?", (status, now, tracking_id))
+    conn.execute("INSERT INTO tracking_events (tracking_id, time, status, detail) VALUES (?, ?, ?, ?)",
+                 (tracking_id, now, status, detail))
+
+
+def iso(timestamp: float) -> str:
+    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def query(db: Database, *, sender: str | None = None, recipient: str | None = None, since: float | None = None,
+          status: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+    """Tracking rows, newest first, each with its events (CONTRACT section 3 ``track``)."""
+    where, params = [], []
+    if sender is not None:
+        where.append("sender = ?")
+        params.append(sender)
+    if recipient is not None:
+        where.append("recipient = ?")
+        params.append(recipient)
+    if since is not None:
+        where.append("time >= ?")
+        params.append(since)
+    if status is not None:
+        where.append("status = ?")
+        params.append(status)
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    rows = db.read(f"SELECT * FROM tracking {clause} ORDER BY time DESC, id DESC LIMIT ?", (*params, limit))
+    result = []
+    for row in rows:
+        events = db.read("SELECT time, status, detail FROM tracking_events WHERE tracking_id = ? ORDER BY id",
+                         (row["id"],))
+        result.append({
+            "queue_id": row["queue_id"],
+            "message_id": row["message_id"],
+            "sender": row["sender"],
+            "recipient": row["recipient"],
+            "direction": row["direction"],
+            "status": row["status"],
+            "time": iso(row["time"]),
+            "events": [{"time": iso(e["time"]), "status": e["status"], "detail": e["detail"]} for e in events],
+        })
+    return result
