@@ -379,3 +379,13 @@ def test_stale_staging_directories_removed(mail_root, alice) -> None:
     os.utime(leftover, (1, 1))
     MaildirStore(mail_root, hostname="mx").ensure_mailbox(alice)
     assert not os.path.exists(leftover)
+
+
+def test_move_of_flagged_file_from_new(store, alice, drop_in) -> None:
+    """A file another tool left in new/ with info flags is moved into cur/ with them (never new/ with info)."""
+    store.ensure_mailbox(alice)
+    drop_in(store.user_root(alice), "1600000000.P1.tool:2,S")
+    store.move(alice, "INBOX", [1], "Trash")
+    (moved,) = store.get_messages(alice, "Trash")
+    assert moved.flags == "S" and os.path.basename(os.path.dirname(moved.path)) == "cur"
+    assert moved.path.endswith("1600000000.P1.tool:2,S")
