@@ -27,7 +27,6 @@ import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-import attrs
 from twisted.internet import error
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint
@@ -36,20 +35,23 @@ from twisted.internet.protocol import Factory
 from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
 
-from continuity.errors import DeliveryError
 from continuity.smtp.client_protocol import (
     CHUNK,
+    MessageInfo,
     SMTPClientProtocol,
     UpstreamFailure,
     UpstreamReply,
+    measure,
+    measure_file,
 )
+from continuity.smtp.results import DeliveryResult, ProbeResult, RecipientResult, UpstreamError
 
 T = TypeVar("T")
 #: Runs a blocking function off the reactor, e.g. ``partial(deferToThreadPool, reactor, pool)``.
 RunInThread = Callable[..., Awaitable[Any]]
 #: A message: its bytes, or the path of a file holding them.
 Message = bytes | str | os.PathLike
-#: Builds the endpoint for an upstream ``"host:port"`` with a connect timeout in seconds.
+#: Builds the endpoint of an upstream ``"host:port"`` with a connect timeout in seconds.
 EndpointFactory = Callable[[str, float], IStreamClientEndpoint]
 
 _FORBIDDEN_IN_PATH = set("\r\n\x00<> \t")
@@ -66,147 +68,10 @@ class TLSMode(enum.Enum):
     REQUIRED = "required"
 
 
-@attrs.frozen
-class RecipientResult:
-    """What happened to one recipient: an SMTP code, an RFC 3463 code and a text.
-
-    ``stage`` names the command the code answered (``"RCPT"``, ``"end of
-    data"``...) or ``"connect"`` for a failure to reach the upstream at all.
-    """
-
-    recipient: str
-    code: int
-    enhanced: str
-    text: str
-    stage: str = ""
-
-    @property
-    def delivered(self) -> bool:
-        """The upstream took responsibility for the message (2xx)."""
-        return 200 <= self.code < 300
-
-    @property
-    def temporary(self) -> bool:
-        """Try again later (4xx, or the upstream could not be reached)."""
-        return 400 <= self.code < 500
-
-    @property
-    def permanent(self) -> bool:
-        """Give up and bounce (5xx)."""
-        return 500 <= self.code < 600
-
-    def __str__(self) -> str:
-        return f"{self.code} {self.enhanced} {self.text}".rstrip()
-
-
-@attrs.frozen
-class DeliveryResult:
-    """The outcome of one transaction with ``upstream``, recipient by recipient.
-
-    ``stage`` is the last stage the session reached: ``"end of data"`` when
-    the message was sent, otherwise the stage that failed or ``"envelope"``
-    when every address was refused before anything was sent.
-    """
-
-    upstream: str
-    recipients: tuple[RecipientResult, ...]
-    stage: str
-
-    @property
-    def delivered(self) -> tuple[RecipientResult, ...]:
-        return tuple(result for result in self.recipients if result.delivered)
-
-    @property
-    def temporary(self) -> tuple[RecipientResult, ...]:
-        """Recipients to retry; non-empty is CONTRACT 4's trigger for automatic failover."""
-        return tuple(result for result in self.recipients if result.temporary)
-
-    @property
-    def permanent(self) -> tuple[RecipientResult, ...]:
-        return tuple(result for result in self.recipients if result.permanent)
-
-    def result_for(self, recipient: str) -> RecipientResult:
-        """The result of ``recipient`` (as it was given to :func:`deliver`)."""
-        for result in self.recipients:
-            if result.recipient == recipient:
-                return result
-        raise KeyError(recipient)
-
-    @property
-    def summary(self) -> str:
-        """One line for logs and tracking: counts and replies, never the transcript."""
-        groups: dict[tuple[str, str, str], int] = {}
-        for result in self.recipients:
-            verb = "delivered" if result.delivered else "deferred" if result.temporary else "bounced"
-            where = f" (in reply to {result.stage})" if result.stage in _REPLY_STAGES else ""
-            key = (verb, str(result), where)
-            groups[key] = groups.get(key, 0) + 1
-        return "; ".join(f"{count} {verb}: {reply}{where}" for (verb, reply, where), count in groups.items())
-
-
-_REPLY_STAGES = {"greeting", "EHLO", "HELO", "STARTTLS", "MAIL", "RCPT", "DATA", "end of data"}
-
-
-@attrs.frozen
-class ProbeResult:
-    """The verdict of a recovery probe (CONTRACT 4) and the reply or failure behind it."""
-
-    ok: bool
-    detail: str
-
-
-class UpstreamError(DeliveryError):
-    """A stage of the session failed: the upstream's negative reply, or none at all."""
-
-    def __init__(self, stage: str, message: str, code: int, enhanced: str, reply: UpstreamReply | None = None):
-        super().__init__(message, code, enhanced)
-        self.stage = stage
-        self.reply = reply
-
-    @classmethod
-    def from_reply(cls, stage: str, reply: UpstreamReply) -> UpstreamError:
-        enhanced = reply.enhanced or f"{str(reply.code)[0]}.0.0"
-        return cls(stage, reply.text, reply.code, enhanced, reply)
-
-    @classmethod
-    def from_failure(cls, stage: str, failure: UpstreamFailure) -> UpstreamError:
-        return cls(stage, failure.message, failure.code, failure.enhanced)
-
-    def result_for(self, recipient: str) -> RecipientResult:
-        return RecipientResult(recipient, self.code, self.enhanced, self.message, self.stage)
-
-    def __str__(self) -> str:
-        if self.reply is not None:
-            return f"{self.stage} answered {self.reply}"
-        return self.message
-
-
 class _TLSHandshakeFailed(Exception):
     def __init__(self, error: UpstreamError):
         super().__init__(str(error))
         self.error = error
-
-
-@attrs.frozen
-class MessageInfo:
-    """What MAIL needs to know about a message before sending it."""
-
-    size: int  # RFC 1870 estimate: octets with CRLF line endings, before dot-stuffing
-    eight_bit: bool
-
-
-def measure(data: bytes) -> MessageInfo:
-    """The :class:`MessageInfo` of message bytes (bare LFs counted as CRLF)."""
-    return MessageInfo(len(data) + data.count(b"\n") - data.count(b"\r\n"), not data.isascii())
-
-
-def _measure_file(path: str | os.PathLike) -> MessageInfo:
-    size, eight_bit = 0, False
-    with open(path, "rb") as file:
-        while chunk := file.read(CHUNK):
-            info = measure(chunk)
-            size, eight_bit = size + info.size, eight_bit or info.eight_bit
-    return MessageInfo(size, eight_bit)
 
 
 def _run_here(function: Callable[..., T], *args: Any) -> Deferred[T]:
@@ -224,17 +89,16 @@ def _opportunistic_tls() -> CertificateOptions:
 
 def parse_upstream(upstream: str, default_port: int = 25) -> tuple[str, int]:
     """Split ``"host:port"`` (``"[v6]:port"``, or a bare host for port 25)."""
-    host, port = upstream, default_port
+    host, port_text = upstream, str(default_port)
     if upstream.startswith("["):
         host, _, rest = upstream[1:].partition("]")
-        if rest.startswith(":"):
-            port = int(rest[1:])
+        if rest:
+            port_text = rest[1:] if rest.startswith(":") else ""
     elif upstream.count(":") == 1:
-        host, _, text = upstream.partition(":")
-        port = int(text)
-    if not host or not 0 < port < 65536:
+        host, _, port_text = upstream.partition(":")
+    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ValueError(f"invalid upstream {upstream!r}: expected host:port")
-    return host, port
+    return host, int(port_text)
 
 
 def hostname_endpoint_factory(reactor: IReactorTCP) -> EndpointFactory:
@@ -478,7 +342,7 @@ class SMTPConnection:
         if isinstance(message, (bytes, bytearray, memoryview)):
             info = measure(bytes(message))
         else:
-            info = await self.run_in_thread(_measure_file, message)
+            info = await self.run_in_thread(measure_file, message)
         limit = self.extensions.get("SIZE", "")
         if limit.isdigit() and 0 < int(limit) < info.size:
             # RFC 1870 6: the server would refuse it; say so without sending it.

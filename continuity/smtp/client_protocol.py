@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
+import os
 from collections.abc import AsyncGenerator
 
 import attrs
@@ -181,6 +182,30 @@ def encode_data(message: bytes) -> bytes:
     """The whole DATA stream for ``message`` at once (tests, small messages)."""
     encoder = DataEncoder()
     return encoder.encode(message) + encoder.finish()
+
+
+@attrs.frozen
+class MessageInfo:
+    """What MAIL needs to know about a message before sending it."""
+
+    size: int  # RFC 1870 estimate: octets with CRLF line endings, before dot-stuffing
+    eight_bit: bool
+
+
+def measure(data: bytes) -> MessageInfo:
+    """The :class:`MessageInfo` of message bytes (bare LFs counted as CRLF)."""
+    return MessageInfo(len(data) + data.count(b"\n") - data.count(b"\r\n"), not data.isascii())
+
+
+def measure_file(path: str | os.PathLike) -> MessageInfo:
+    """The :class:`MessageInfo` of a message file (blocking: run it in a thread)."""
+    size, eight_bit = 0, False
+    with open(path, "rb") as file:
+        while chunk := file.read(CHUNK):
+            info = measure(chunk)
+            size, eight_bit = size + info.size, eight_bit or info.eight_bit
+    return MessageInfo(size, eight_bit)
+
 
 
 @implementer(IHandshakeListener, IPushProducer)
@@ -405,11 +430,13 @@ class SMTPClientProtocol(Protocol):
         :raises UpstreamFailure: if the connection is lost or stays blocked.
         """
         encoder = DataEncoder()
+        # The reply to the end of data; a server that answers early (a 5xx
+        # before the end) is heard as that reply, not as an unsolicited one.
+        self._expected += 1
         self.transport.registerProducer(self, True)
         try:
             async for chunk in chunks:
                 await self._write(encoder.encode(chunk), timeout)
-            self._expected += 1  # the reply to the end of data
             await self._write(encoder.finish(), timeout)
         finally:
             await chunks.aclose()

@@ -35,7 +35,6 @@ from continuity.smtp.client import (
     connect,
 )
 
-
 @attrs.define
 class _Idle:
     connection: SMTPConnection
