@@ -26,7 +26,17 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from continuity.smtp.client import DeliveryResult, ProbeResult, TLSMode, _ClientFactory, connect, deliver, probe
+from continuity.smtp.client import (
+    DeliveryResult,
+    ProbeResult,
+    TLSMode,
+    _ClientFactory,
+    connect,
+    deliver,
+    hostname_endpoint_factory,
+    parse_upstream,
+    probe,
+)
 from continuity.smtp.client_protocol import DataEncoder, encode_data
 from continuity.smtp.pool import ConnectionPool
 from continuity.testing.sink import as_dumped
@@ -314,6 +324,40 @@ def test_large_message_is_streamed_in_chunks():
     up.reply(b"250 Ok\r\n")
     _finish(up)
     assert result_of(d).delivered
+
+
+def test_data_waits_while_the_transport_is_full():
+    """Message data is written only while the transport asks for more (streaming producer)."""
+    up = ScriptedEndpoint(Clock())
+    d = _deliver(up, message=b"x" * 200_000)
+    up.greet()
+    up.sent()
+    up.reply(b"250 Ok\r\n250 Ok\r\n")
+    up.sent()
+    up.transport.protocol.pauseProducing()
+    up.reply(b"354 Go\r\n")
+    assert up.sent() == b""
+    up.transport.protocol.resumeProducing()
+    assert up.sent().endswith(b"\r\n.\r\n")
+    up.reply(b"250 Ok\r\n")
+    _finish(up)
+    assert result_of(d).delivered
+
+
+def test_data_blocked_for_the_timeout_defers():
+    """A transport that stays full for the timeout: temporary, 'timeout after 30s sending the message data'."""
+    up = ScriptedEndpoint(Clock())
+    d = _deliver(up, timeout=30)
+    up.greet()
+    up.sent()
+    up.reply(b"250 Ok\r\n250 Ok\r\n")
+    up.sent()
+    up.transport.protocol.pauseProducing()
+    up.reply(b"354 Go\r\n")
+    up.clock.advance(30)
+    up.clock.advance(0)
+    [result] = result_of(d).recipients
+    assert (str(result), result.stage) == ("421 4.4.2 timeout after 30s sending the message data", "DATA")
 
 
 def test_mail_parameters_follow_the_extensions():
@@ -647,6 +691,24 @@ def test_unsolicited_reply_closes_the_connection():
 # -- the pool, in memory ----------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    "text, expected",
+    [("mail.example.test:2525", ("mail.example.test", 2525)), ("mail.example.test", ("mail.example.test", 25)),
+     ("[::1]:26", ("::1", 26)), ("192.0.2.1:25", ("192.0.2.1", 25))],
+)
+def test_parse_upstream_reads_host_and_port(text, expected):
+    """host:port, a bare host (port 25) and [IPv6]:port are understood."""
+    assert parse_upstream(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", ":25", "host:", "host:http", "host:70000", "[::1]x"])
+def test_parse_upstream_refuses_garbage(text):
+    """A malformed upstream is a ValueError naming it."""
+    with pytest.raises(ValueError, match="invalid upstream"):
+        parse_upstream(text)
+
+
+
 def _pool(up: ScriptedEndpoint, **options) -> ConnectionPool:
     return ConnectionPool(
         clock=up.clock, hostname=HOSTNAME, endpoint_factory=lambda upstream, timeout: up, **options
@@ -926,6 +988,21 @@ async def test_pool_sends_two_messages_over_one_connection(smtp_sink):
     assert pool.connections_opened == 1
     assert sink.wait_counters(sessions=1, messages=2) == {"sessions": 1, "quits": 1, "messages": 2}
     assert sorted(m.recipients for m in sink.messages(2)) == [("a@example.test",), ("b@example.test",)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_pool_with_hostname_endpoints_delivers_and_reports_refusals(smtp_sink, dead_port):
+    """The production endpoint factory reaches a sink by name, and names a dead upstream in the text."""
+    from twisted.internet import reactor
+
+    sink = smtp_sink()
+    pool = ConnectionPool(clock=reactor, hostname=HOSTNAME, timeout=5,
+                          endpoint_factory=hostname_endpoint_factory(reactor))
+    delivered = await pool.deliver(f"localhost:{sink.port}", SENDER, ["a@example.test"], b"x\r\n")
+    refused = await pool.deliver(dead_port.address, SENDER, ["a@example.test"], b"x\r\n")
+    await pool.close()
+    assert delivered.delivered
+    assert refused.summary == f"1 deferred: 421 4.4.1 connection refused by {dead_port.address}"
 
 
 @pytest_twisted.ensureDeferred
