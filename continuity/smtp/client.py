@@ -24,6 +24,7 @@ from __future__ import annotations
 import enum
 import functools
 import os
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -55,6 +56,7 @@ Message = bytes | str | os.PathLike
 EndpointFactory = Callable[[str, float], IStreamClientEndpoint]
 
 _FORBIDDEN_IN_PATH = set("\r\n\x00<> \t")
+_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.IPv]+\]")
 
 
 class TLSMode(enum.Enum):
@@ -326,11 +328,11 @@ class SMTPConnection:
             return finish("envelope")
         for i, recipient in enumerate(recipients):
             if not recipient or not _path_ok(recipient):
-                results[i] = RecipientResult(recipient, 553, "5.1.3", "invalid recipient address", "envelope")
+                results[i] = RecipientResult(recipient, 553, "5.1.3", "invalid recipient address", "envelope", False)
             elif not recipient.isascii() and not smtputf8:
                 # RFC 6531 3.2: without SMTPUTF8 such an address can't be sent at all.
                 results[i] = RecipientResult(
-                    recipient, 553, "5.6.7", "the upstream does not support SMTPUTF8", "envelope"
+                    recipient, 553, "5.6.7", "the upstream does not support SMTPUTF8", "envelope", False
                 )
         pending = [i for i in everyone if i not in results]
         if not pending:
@@ -496,6 +498,8 @@ async def _open(
     run_in_thread: RunInThread | None,
     strict: bool = False,
 ) -> SMTPConnection:
+    if not _HOSTNAME.fullmatch(hostname):
+        raise ValueError(f"not a name for EHLO: {hostname!r}")  # RFC 5321 4.1.1.1
     protocol = await _connect_endpoint(endpoint, clock, timeout, upstream)
     connection = SMTPConnection(
         protocol, upstream=upstream, hostname=hostname, timeout=timeout, run_in_thread=run_in_thread
@@ -604,8 +608,12 @@ async def probe(
     Exactly: greeting 2xx, EHLO 250, ``MAIL FROM:<>`` 250, ``RCPT TO:<recipient>``
     250 (or 251, RFC 5321 4.2.2: also an acceptance), then RSET and QUIT; no
     STARTTLS, no DATA. ``ok`` only if every step got its reply in time.
+
+    :raises ValueError: for a recipient that can't be written into RCPT.
     """
     upstream = upstream or describe_endpoint(endpoint)
+    if not recipient or not _path_ok(recipient):
+        raise ValueError(f"invalid probe recipient {recipient!r}")
     try:
         connection = await _open(
             endpoint, hostname, clock=clock, timeout=timeout, tls=TLSMode.NONE,
@@ -617,8 +625,6 @@ async def probe(
         mail = await connection._command("MAIL", b"MAIL FROM:<>")
         if mail.code != 250:
             return ProbeResult(False, f"MAIL FROM:<> answered {mail}")
-        if not _path_ok(recipient):
-            return ProbeResult(False, f"invalid probe recipient {recipient!r}")
         rcpt = await connection._command("RCPT", f"RCPT TO:<{recipient}>".encode())
         if rcpt.code not in (250, 251):
             return ProbeResult(False, f"RCPT TO:<{recipient}> answered {rcpt}")

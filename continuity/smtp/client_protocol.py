@@ -207,7 +207,6 @@ def measure_file(path: str | os.PathLike) -> MessageInfo:
     return MessageInfo(size, eight_bit)
 
 
-
 @implementer(IHandshakeListener, IPushProducer)
 class SMTPClientProtocol(Protocol):
     """Commands out, replies in, in order; a timeout per awaited reply.

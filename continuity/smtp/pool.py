@@ -124,7 +124,10 @@ class ConnectionPool:
         return await self._send(upstream, connection, sender, recipients, message)
 
     async def close(self) -> None:
-        """QUIT every idle session and stop taking work; waits until they are closed."""
+        """QUIT every idle session and stop taking work; waits until they are closed.
+
+        A delivery still running finishes; its session is closed after it.
+        """
         self._closed = True
         for idle in [idle for entries in self._idle.values() for idle in entries]:
             self._drop(idle)
@@ -203,9 +206,8 @@ class ConnectionPool:
         quitting = Deferred.fromCoroutine(connection.quit())
         self._quitting.add(quitting)
 
-        def done(result: object) -> None:
+        def done(_: object) -> None:
             self._quitting.discard(quitting)
-            return None
 
         quitting.addErrback(lambda failure: self.log.failure("closing a session failed", failure))
         quitting.addBoth(done)

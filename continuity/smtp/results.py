@@ -19,8 +19,11 @@ from continuity.smtp.client_protocol import UpstreamFailure, UpstreamReply
 class RecipientResult:
     """What happened to one recipient: an SMTP code, an RFC 3463 code and a text.
 
-    ``stage`` names the command the code answered (``"RCPT"``, ``"end of
-    data"``...) or ``"connect"`` for a failure to reach the upstream at all.
+    ``stage`` is where the transaction ended for it: the command the upstream
+    answered (``"RCPT"``, ``"end of data"``...), ``"connect"`` when the
+    upstream could not be reached, ``"envelope"`` when the address could not
+    be sent at all. ``remote`` tells whether code and text are the upstream's
+    reply or ours (a refused connection, a timeout, a local refusal).
     """
 
     recipient: str
@@ -28,6 +31,7 @@ class RecipientResult:
     enhanced: str
     text: str
     stage: str = ""
+    remote: bool = True
 
     @property
     def delivered(self) -> bool:
@@ -46,6 +50,10 @@ class RecipientResult:
 
     def __str__(self) -> str:
         return f"{self.code} {self.enhanced} {self.text}".rstrip()
+
+    def describe(self) -> str:
+        """For DSNs and tracking: ``550 5.1.1 No such user (in reply to RCPT)``."""
+        return f"{self} (in reply to {self.stage})" if self.remote and self.stage else str(self)
 
 
 @attrs.frozen
@@ -84,16 +92,12 @@ class DeliveryResult:
     @property
     def summary(self) -> str:
         """One line for logs and tracking: counts and replies, never the transcript."""
-        groups: dict[tuple[str, str, str], int] = {}
+        groups: dict[tuple[str, str], int] = {}
         for result in self.recipients:
             verb = "delivered" if result.delivered else "deferred" if result.temporary else "bounced"
-            where = f" (in reply to {result.stage})" if result.stage in _REPLY_STAGES else ""
-            key = (verb, str(result), where)
+            key = (verb, result.describe())
             groups[key] = groups.get(key, 0) + 1
-        return "; ".join(f"{count} {verb}: {reply}{where}" for (verb, reply, where), count in groups.items())
-
-
-_REPLY_STAGES = {"greeting", "EHLO", "HELO", "STARTTLS", "MAIL", "RCPT", "DATA", "end of data"}
+        return "; ".join(f"{count} {verb}: {detail}" for (verb, detail), count in groups.items())
 
 
 @attrs.frozen
@@ -122,7 +126,7 @@ class UpstreamError(DeliveryError):
         return cls(stage, failure.message, failure.code, failure.enhanced)
 
     def result_for(self, recipient: str) -> RecipientResult:
-        return RecipientResult(recipient, self.code, self.enhanced, self.message, self.stage)
+        return RecipientResult(recipient, self.code, self.enhanced, self.message, self.stage, self.reply is not None)
 
     def __str__(self) -> str:
         if self.reply is not None:

@@ -569,7 +569,8 @@ def test_each_reply_has_its_own_timeout():
     clock.advance(0)
     [result] = result_of(d).recipients
     assert result.text == "timeout after 10s waiting for the reply to RCPT"
-    assert result.temporary
+    assert (result.temporary, result.stage, result.remote) == (True, "RCPT", False)
+    assert result_of(d).summary == "1 deferred: 421 4.4.2 timeout after 10s waiting for the reply to RCPT"
 
 
 @implementer(IStreamClientEndpoint)
