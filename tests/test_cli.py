@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from conftest import CLI
+from support import CLI
 
 PASSWORD = "Secret123\n"
 
@@ -235,7 +235,7 @@ def test_config_from_environment(cli):
     """CONTINUITY_CONFIG is used when --config is omitted."""
     import subprocess
 
-    from conftest import BIN
+    from support import BIN
 
     add_domain(cli)
     result = subprocess.run([str(BIN / "continuityctl"), "domain", "list", "--json"], capture_output=True,

@@ -8,7 +8,7 @@ import pytest
 
 from continuity.config import load_config
 from continuity.errors import ConfigError
-from conftest import default_sections, render_config
+from support import default_sections, render_config
 
 
 def load(tmp_path, sections=None, text=None):

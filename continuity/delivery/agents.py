@@ -30,6 +30,7 @@ class Outcome:
     entry: QueueEntry
     kind: str  # delivered | temporary | permanent
     detail: str
+    unreachable: bool = False  # the peer could not be reached at all (try the next MX)
 
 
 def outcomes_of(result: DeliveryResult, entries: Sequence[QueueEntry]) -> list[Outcome]:
@@ -37,8 +38,7 @@ def outcomes_of(result: DeliveryResult, entries: Sequence[QueueEntry]) -> list[O
     for entry in entries:
         r = result.result_for(entry.recipient)
         kind = "delivered" if r.delivered else "temporary" if r.temporary else "permanent"
-        stage = f" (in reply to {r.stage})" if r.stage else ""
-        outcomes.append(Outcome(entry, kind, f"{result.upstream} said: {r}{stage}"))
+        outcomes.append(Outcome(entry, kind, f"{result.upstream}: {r.describe()}", r.stage == "connect"))
     return outcomes
 
 
@@ -100,7 +100,7 @@ class Agents:
         for host in hosts:
             outcomes = outcomes_of(await self._pool.deliver(f"{host}:25", sender, [e.recipient for e in entries],
                                                             message), entries)
-            if not any(o.kind == "temporary" and "connect" in o.detail for o in outcomes):
+            if not any(o.unreachable for o in outcomes):
                 return outcomes
         return outcomes
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CLI, default_sections, free_port, render_config
+from support import CLI, default_sections, free_port, render_config
 
 from service import Service
 

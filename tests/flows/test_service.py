@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, default_sections, free_port, render_config
+from support import ROOT, default_sections, free_port, render_config
 from service import BIN, Service, wait_for_port
 
 
