@@ -154,6 +154,10 @@ def _is_tls(transport: object) -> bool:
     return ISSLTransport.providedBy(transport)
 
 
+class StockPathReached(RuntimeError):
+    """A ``twisted.mail.smtp`` code path that this server replaces was called."""
+
+
 def new_session_id() -> str:
     """A short random id that ties a session's log lines together."""
     return secrets.token_hex(5)
@@ -339,17 +343,20 @@ class SMTPServer(CommandPipeline, AuthCommands, twisted_smtp.ESMTP):
             pass
 
     # -- The stock machinery we do not use -----------------------------------
+    # twisted.mail.smtp would read DATA line by line (losing bare-LF information),
+    # answer 550 for temporary failures and validate addresses itself; every such
+    # entry point is replaced above, and reaching one is a bug of ours.
 
     def state_COMMAND(self, line: bytes) -> None:
         self._run(self._command(line))
 
     def dataLineReceived(self, line: bytes) -> None:
-        raise NotImplementedError("DATA is read by continuity.smtp.data.DataReader")
+        raise StockPathReached("DATA is read by continuity.smtp.data.DataReader")
 
     state_DATA = dataLineReceived
 
     def _messageHandled(self, resultList: object) -> None:
-        raise NotImplementedError("end of data is answered by SMTPServer._end_of_data")
+        raise StockPathReached("end of data is answered by SMTPServer._end_of_data")
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._error(codes.LINE_TOO_LONG)
@@ -358,10 +365,10 @@ class SMTPServer(CommandPipeline, AuthCommands, twisted_smtp.ESMTP):
         return None  # the policy adds Received, from the Session
 
     def validateFrom(self, helo: object, origin: object) -> None:
-        raise NotImplementedError("senders are checked by ISMTPPolicy.check_sender")
+        raise StockPathReached("senders are checked by ISMTPPolicy.check_sender")
 
     def validateTo(self, user: object) -> None:
-        raise NotImplementedError("recipients are checked by ISMTPPolicy.check_recipient")
+        raise StockPathReached("recipients are checked by ISMTPPolicy.check_recipient")
 
     # -- Commands -----------------------------------------------------------
 
