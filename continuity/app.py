@@ -20,7 +20,10 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from continuity import durable, tls
 from continuity.config import IMPLICIT_TLS, LISTENERS, Config
 from continuity.db import Database, SchemaTooNew, SQLThread
+from continuity.directory.cred import build_authenticator
 from continuity.directory.store import Directory
+from continuity.mailstore import MaildirStore
+from continuity.threads import WorkerThreads
 
 log = Logger()
 
@@ -39,6 +42,10 @@ class Components:
     sql: SQLThread
     directory: Directory
     tls_context: object
+    io: object = None
+    mailstore: object = None
+    authenticator: object = None
+    realm: object = None
     index: object = None
     intake: object = None
 
@@ -117,23 +124,19 @@ def _delivery(components: Components, root: MultiService) -> None:
     from continuity.delivery.runner import QueueRunner
     from continuity.failover.monitor import FailoverMonitor
     from continuity.failover.recovery import Recovery, RecoveryJournal
-    from continuity.mailstore import MaildirStore
     from continuity.smtp.client import hostname_endpoint_factory, probe
     from continuity.smtp.pool import ConnectionPool
     from continuity.spool.index import QueueIndex
     from continuity.spool.intake import MessageIntake
     from continuity.spool.store import MessageSpool
-    from continuity.threads import WorkerThreads
 
     config, reactor = components.config, components.reactor
-    io = WorkerThreads(reactor, "io", size=8)
-    io.setServiceParent(root)
+    io, mailstore = components.io, components.mailstore
     spool = MessageSpool(config.spool_root)
     spool.prepare()
     index = QueueIndex(components.db)
     intake = MessageIntake(reactor, components.sql, io.run, spool, index)
     components.index, components.intake = index, intake
-    mailstore = MaildirStore(config.mail_root, hostname=config.server.hostname)
     endpoints_for = hostname_endpoint_factory(reactor)
     pool = ConnectionPool(clock=reactor, hostname=config.server.hostname, endpoint_factory=endpoints_for,
                           timeout=config.relay.timeout)
@@ -200,6 +203,12 @@ def build_service(config: Config, reactor) -> MultiService:
         directory=Directory(db),
         tls_context=tls.context_factory(cert_path, key_path),
     )
+    io = WorkerThreads(reactor, "io", size=8)
+    io.setServiceParent(root)
+    components.io = io
+    components.mailstore = MaildirStore(config.mail_root, hostname=config.server.hostname)
+    components.authenticator, components.realm = build_authenticator(
+        components.directory, io.run, reactor, config.limits.auth_failures)
     _delivery(components, root)
     builders = _factory_builders()
     for name in LISTENERS:

@@ -1,0 +1,267 @@
+"""Logins for IMAP, POP3 and submission: one ``twisted.cred`` portal and login throttling.
+
+Every listener that takes a password goes through :class:`Authenticator`:
+
+- :class:`DirectoryChecker` checks the address and password against the
+  directory on a worker thread (Argon2 and SQL never run on the reactor). An
+  unknown address and a wrong password cost the same work and get the same
+  answer; an inactive user cannot log in.
+- :class:`MailRealm` turns the authenticated address into the avatar the
+  protocol asks for. The protocols register their avatar factories with it
+  (``{IAccount: imap_account, IMailbox: pop3_maildrop, IMailUser: ...}``), so
+  this module knows no protocol and the protocols know no SQL.
+- :class:`LoginThrottle` counts failed logins per client IP and per account in
+  a sliding 10-minute window, like Dovecot's ``auth_penalty``: each failure is
+  answered after a growing delay (0.5 s, 1 s, 2 s ... at most 8 s), and beyond
+  ``[limits] auth_failures`` failures per IP (twice that per account) further
+  attempts are refused at once as a temporary failure. A successful login
+  clears the failures of that IP and account.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import attrs
+from twisted.cred import credentials as cred_credentials
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from zope.interface import Interface, implementer
+
+from continuity.directory.store import Directory, User
+from continuity.errors import InvalidAddress, NotFound
+
+#: The window in which failed logins are counted (CONTRACT: per 10 minutes).
+WINDOW = 600.0
+#: The delay before answering the first failure; it doubles with each further one.
+FIRST_DELAY = 0.5
+MAX_DELAY = 8.0
+#: Bound on the number of IPs and accounts remembered, so a flood of made-up
+#: names cannot grow memory without limit (the oldest are forgotten first).
+MAX_TRACKED = 100_000
+
+RunBlocking = Callable[..., Awaitable[Any]]
+
+
+class IMailUser(Interface):
+    """The avatar that is the directory's :class:`~continuity.directory.store.User` itself
+    (submission asks for it: it needs the address and aliases, not a mailbox)."""
+
+
+class LoginFailed(Exception):
+    """Wrong address or password, or an inactive user (the reason is never told to the client)."""
+
+    temporary = False
+
+
+class LoginThrottled(LoginFailed):
+    """Too many failed logins from this IP or for this account: try again later."""
+
+    temporary = True
+
+
+class UnsupportedAvatar(TypeError):
+    """The realm has no avatar factory for any of the interfaces asked for."""
+
+
+def _text(value: bytes | str) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    return value
+
+
+@implementer(ICredentialsChecker)
+class DirectoryChecker:
+    """Checks ``IUsernamePassword`` against :meth:`Directory.authenticate` on a worker thread.
+
+    The avatar id is the user's canonical address (a ``str``).
+    """
+
+    credentialInterfaces = (cred_credentials.IUsernamePassword,)
+
+    def __init__(self, directory: Directory, run_blocking: RunBlocking):
+        self._directory = directory
+        self._run = run_blocking
+
+    def requestAvatarId(self, credentials) -> defer.Deferred:
+        return defer.Deferred.fromCoroutine(self._check(credentials))
+
+    async def _check(self, credentials) -> str:
+        try:
+            username = _text(credentials.username)
+            password = _text(credentials.password)
+        except UnicodeDecodeError:
+            raise UnauthorizedLogin() from None
+        user = await self._run(self._directory.authenticate, username, password)
+        if user is None:
+            raise UnauthorizedLogin()
+        return user.address
+
+
+@implementer(IRealm)
+class MailRealm:
+    """Makes the avatar for an authenticated address with the factory registered for the interface.
+
+    A factory takes the :class:`User` and returns the avatar or a Deferred of it;
+    the avatar's ``logout()``, if it has one, is called when the session ends.
+    """
+
+    def __init__(self, directory: Directory, run_blocking: RunBlocking,
+                 avatars: Mapping[type[Interface], Callable[[User], Any]] | None = None):
+        self._directory = directory
+        self._run = run_blocking
+        self._avatars: dict = {IMailUser: lambda user: user}
+        self._avatars.update(avatars or {})
+
+    def register(self, interface: type[Interface], factory: Callable[[User], Any]) -> None:
+        """Serve ``interface`` avatars made by ``factory(user)`` (done once per protocol, at build time)."""
+        self._avatars[interface] = factory
+
+    def requestAvatar(self, avatarId, mind, *interfaces) -> defer.Deferred:
+        return defer.Deferred.fromCoroutine(self._avatar(_text(avatarId), interfaces))
+
+    async def _avatar(self, address: str, interfaces) -> tuple:
+        for interface in interfaces:
+            factory = self._avatars.get(interface)
+            if factory is None:
+                continue
+            try:
+                user = await self._run(self._directory.get_user, address)
+            except (NotFound, InvalidAddress):
+                # Removed between the check and now.
+                raise UnauthorizedLogin() from None
+            avatar = await defer.maybeDeferred(factory, user)
+            return interface, avatar, getattr(avatar, "logout", _nothing)
+        raise UnsupportedAvatar(f"no avatar for {[i.__name__ for i in interfaces]}")
+
+
+def _nothing() -> None:
+    return None
+
+
+class _Failures:
+    """Failure times per key in the window, oldest keys forgotten first."""
+
+    def __init__(self, clock: Callable[[], float]):
+        self._clock = clock
+        self._times: collections.OrderedDict[str, collections.deque] = collections.OrderedDict()
+
+    def count(self, key: str) -> int:
+        times = self._times.get(key)
+        if not times:
+            return 0
+        horizon = self._clock() - WINDOW
+        while times and times[0] <= horizon:
+            times.popleft()
+        if not times:
+            del self._times[key]
+            return 0
+        return len(times)
+
+    def add(self, key: str) -> int:
+        times = self._times.pop(key, None) or collections.deque()
+        times.append(self._clock())
+        self._times[key] = times
+        while len(self._times) > MAX_TRACKED:
+            self._times.popitem(last=False)
+        return self.count(key)
+
+    def clear(self, key: str) -> None:
+        self._times.pop(key, None)
+
+
+class LoginThrottle:
+    """Failed logins per client IP and per account (see the module docstring)."""
+
+    def __init__(self, clock: Callable[[], float], max_failures: int):
+        self.max_failures = max_failures
+        self._ips = _Failures(clock)
+        self._accounts = _Failures(clock)
+
+    def refused(self, ip: str, account: str) -> bool:
+        """Whether a login from ``ip`` for ``account`` is refused without checking it."""
+        return (self._ips.count(ip) >= self.max_failures
+                or self._accounts.count(account) >= 2 * self.max_failures)
+
+    def failed(self, ip: str, account: str) -> float:
+        """Count a failure; return the delay in seconds before it is answered."""
+        failures = max(self._ips.add(ip), self._accounts.add(account))
+        return min(FIRST_DELAY * 2 ** (failures - 1), MAX_DELAY)
+
+    def succeeded(self, ip: str, account: str) -> None:
+        self._ips.clear(ip)
+        self._accounts.clear(account)
+
+
+def _account_key(username: str) -> str:
+    """Failures count against the address as the user would write it, case-insensitively."""
+    return username.strip().lower()
+
+
+@attrs.frozen
+class Login:
+    """A successful login: the avatar and what to call when the session ends."""
+
+    address: str
+    avatar: Any
+    logout: Callable[[], None]
+
+
+class Authenticator:
+    """The one place passwords are checked: throttle, portal, delay, log."""
+
+    log = Logger()
+
+    def __init__(self, checker: DirectoryChecker, realm: MailRealm, throttle: LoginThrottle, clock: IReactorTime):
+        self.realm = realm
+        self.throttle = throttle
+        #: For Twisted code paths that want a portal; :meth:`login` is the throttled way in.
+        self.portal = Portal(realm, [checker])
+        self._checker = checker
+        self._clock = clock
+
+    def login(self, username: str, password: str, peer_ip: str, interface: type[Interface],
+              service: str) -> defer.Deferred:
+        """A Deferred of :class:`Login`, failing with :class:`LoginFailed` or :class:`LoginThrottled`.
+
+        :param service: ``imap``, ``pop3``, ``submission``... for the log.
+        """
+        return defer.Deferred.fromCoroutine(self._login(username, password, peer_ip, interface, service))
+
+    async def _login(self, username: str, password: str, peer_ip: str, interface, service: str) -> Login:
+        account = _account_key(username)
+        if self.throttle.refused(peer_ip, account):
+            self.log.warn("{service} login for {account!r} from {ip} refused: too many failed logins",
+                          service=service, account=account, ip=peer_ip)
+            raise LoginThrottled()
+        creds = cred_credentials.UsernamePassword(username.encode("utf-8"), password.encode("utf-8"))
+        try:
+            address = await self._checker.requestAvatarId(creds)
+        except UnauthorizedLogin:
+            delay = self.throttle.failed(peer_ip, account)
+            self.log.info("{service} login failed for {account!r} from {ip}", service=service, account=account,
+                          ip=peer_ip)
+            await task.deferLater(self._clock, delay)
+            raise LoginFailed() from None
+        self.throttle.succeeded(peer_ip, account)
+        try:
+            _, avatar, logout = await self.realm.requestAvatar(address, None, interface)
+        except UnauthorizedLogin:
+            raise LoginFailed() from None
+        self.log.info("{service} login {address} from {ip}", service=service, address=address, ip=peer_ip)
+        return Login(address=address, avatar=avatar, logout=logout)
+
+
+def build_authenticator(directory: Directory, run_blocking: RunBlocking, clock: IReactorTime,
+                        max_failures: int) -> tuple[Authenticator, MailRealm]:
+    """The service's authenticator and its realm (protocols register their avatars on the realm)."""
+    realm = MailRealm(directory, run_blocking)
+    throttle = LoginThrottle(getattr(clock, "seconds", time.time), max_failures)
+    return Authenticator(DirectoryChecker(directory, run_blocking), realm, throttle, clock), realm
