@@ -158,13 +158,13 @@ def test_user_removed_between_check_and_avatar_fails_the_login(directory, clock)
         raise AssertionError("factory must not run")
 
     realm.register(IMaildrop, gone)
-    original = directory.get_user
+    check = directory.authenticate
 
-    def vanish(address):
-        directory.get_user = original
+    def check_then_vanish(address, password):
+        user = check(address, password)
         directory.remove_user(address)
-        return original(address)
+        return user
 
-    directory.get_user = vanish
+    directory.authenticate = check_then_vanish
     [failure] = outcome(authenticator.login("alice@example.com", GOOD, "192.0.2.1", IMaildrop, "imap"), clock)
     assert failure.type is LoginFailed
