@@ -13,7 +13,6 @@ DSN at ``max_queue_age``.
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -214,7 +213,8 @@ class QueueRunner(Service):
         outcomes = await self._agents.upstream(domain, sender, entries, message)
         temporary = [o for o in outcomes if o.kind == "temporary"]
         if temporary and not rerouted and self.failover is not None and self.failover.can_fail_over(domain):
-            self.failover.upstream_failed(domain.name, temporary[0].detail)
+            # Wait until the store says emergency: routing again must see the new mode.
+            await self.failover.upstream_failed(domain.name, temporary[0].detail)
             await self._settle(queue_id, sender, message, [o for o in outcomes if o.kind != "temporary"],
                                delivered_status="relayed")
             # The domain is in emergency mode now: route the rest again, at once.

@@ -6,6 +6,11 @@
   set with ``continuityctl`` (``emergency start|stop``) takes effect within 2 s.
 - In emergency with automatic activation, the upstream is probed every
   ``probe_interval``; a successful probe starts recovery.
+
+All SQL runs on the SQL thread. A mode write is submitted there the moment the
+machine changes state, and the work that depends on the new mode (rerouting,
+releasing held mail, the message that caused the switch) waits for it, so the
+store says ``emergency`` before any mail is routed as in emergency.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -47,6 +52,11 @@ class FailoverMonitor(Service):
         self._domains: dict[str, Domain] = {}
         self._next_probe: dict[str, float] = {}
         self._busy: set[str] = set()
+        # Mode writes still on their way to the store, per domain, and how many
+        # were ever submitted (a poll that read the store before one of ours
+        # was submitted must not take the old mode for an admin's change).
+        self._mode_writes: dict[str, set[Deferred[None]]] = {}
+        self._mode_generation: dict[str, int] = {}
         self._loop = LoopingCall(self._tick)
         self._loop.clock = reactor
         self._tick_running = False
@@ -77,6 +87,7 @@ class FailoverMonitor(Service):
         return None
 
     async def _poll(self) -> None:
+        generations = dict(self._mode_generation)
         domains = await self._sql.run(self._directory.list_domains)
         self._domains = {d.name: d for d in domains}
         for name in list(self.machines):
@@ -86,10 +97,11 @@ class FailoverMonitor(Service):
         for domain in domains:
             machine = self.machines.get(domain.name)
             if machine is None:
-                machine = self.machines[domain.name] = DomainFailover.restore(domain.name, self, "normal")
                 # Resume where the store says we were (after a restart, too).
-                machine.observe(domain.mode)
-            else:
+                machine = self.machines[domain.name] = DomainFailover.restore(domain.name, self, "normal")
+            if self._mode_generation.get(domain.name, 0) == generations.get(domain.name, 0):
+                # Else our own mode write was submitted after this read: the
+                # SQL thread runs jobs in order, so the read shows the old mode.
                 machine.observe(domain.mode)
             if machine.mode == "emergency" and domain.activation == "auto" and domain.continuity:
                 if now >= self._next_probe.get(domain.name, 0) and domain.name not in self._busy:
@@ -119,45 +131,85 @@ class FailoverMonitor(Service):
         """Whether a temporary failure switches ``domain`` to emergency (auto activation, continuity on)."""
         return domain.activation == "auto" and domain.continuity
 
-    def upstream_failed(self, name: str, reason: str) -> None:
+    def upstream_failed(self, name: str, reason: str) -> Deferred[None]:
+        """A delivery met a temporary failure; fires once the resulting mode is in the store.
+
+        The caller routes the failed recipients again after that (CONTRACT 4:
+        that message goes to the continuity mailboxes at once).
+        """
         machine = self.machines.get(name)
         if machine is None:
             machine = self.machines[name] = DomainFailover.restore(name, self, "normal")
         self.log.warn("upstream of {domain} failed: {reason}", domain=name, reason=reason)
         machine.upstream_failed(reason)
         self._next_probe[name] = self._reactor.seconds() + self._probe_interval
+        return self.mode_stored(name)
+
+    def mode_stored(self, domain: str) -> Deferred[None]:
+        """Fires once every mode write submitted so far for ``domain`` has landed (or failed)."""
+        pending = self._mode_writes.get(domain)
+        if not pending:
+            return succeed(None)
+        return DeferredList(list(pending), consumeErrors=True).addCallback(lambda _: None)
 
     # -- FailoverActions -----------------------------------------------------
 
     def persist_mode(self, domain: str, mode: str, reason: str, automatic: bool) -> None:
-        # Synchronous on purpose: the new mode must be in the store before the
-        # message that caused it is routed again. It is one short transaction.
+        """Submit the new mode (and the health it implies) to the SQL thread; see :meth:`mode_stored`."""
+        self._mode_generation[domain] = self._mode_generation.get(domain, 0) + 1
+        writes = self._mode_writes.setdefault(domain, set())
+        d = self._sql.run(self._store_mode, domain, mode, reason, automatic)
+        writes.add(d)  # before the callbacks: a thread stand-in in tests may have fired it already
+
+        def stored(change) -> None:
+            if change is not None:
+                self.log.warn("domain {domain} is now in {mode} mode ({reason})", domain=domain, mode=mode,
+                              reason=reason)
+
+        d.addCallback(stored)
+        d.addErrback(lambda f: self.log.failure("storing mode {mode} of {domain} failed", f, mode=mode,
+                                                domain=domain))
+        d.addBoth(lambda _: writes.discard(d))
+
+    def _store_mode(self, domain: str, mode: str, reason: str, automatic: bool):
+        """On the SQL thread: the mode with its history row, then the health it implies."""
         change = self._directory.set_mode(domain, mode, reason, automatic)
         if mode == "emergency":
             self._directory.set_health(domain, "failing", reason)
         elif mode == "normal":
             self._directory.set_health(domain, "ok", reason)
-        if change is not None:
-            self.log.warn("domain {domain} is now in {mode} mode ({reason})", domain=domain, mode=mode, reason=reason)
+        return change
 
     def reroute(self, domain: str) -> None:
-        Deferred.fromCoroutine(self._reroute(domain)).addErrback(
-            lambda f: self.log.failure("rerouting {domain} failed", f, domain=domain))
+        self._after_mode_stored(domain, self._reroute, "rerouting {domain} failed")
 
     def release(self, domain: str) -> None:
-        Deferred.fromCoroutine(self._release(domain)).addErrback(
-            lambda f: self.log.failure("releasing {domain} failed", f, domain=domain))
+        self._after_mode_stored(domain, self._release, "releasing {domain} failed")
+
+    def _after_mode_stored(self, domain: str, work: Callable[[str], Awaitable[None]], failed: str) -> None:
+        async def run() -> None:
+            await self.mode_stored(domain)
+            await work(domain)
+
+        Deferred.fromCoroutine(run()).addErrback(lambda f: self.log.failure(failed, f, domain=domain))
 
     def start_recovery(self, domain: str) -> None:
         self._spawn(domain, self._run_recovery(domain))
 
     async def _run_recovery(self, domain: str) -> None:
+        await self.mode_stored(domain)
         self.log.info("recovery of {domain} started", domain=domain)
-        finished = await self._recover(domain)
+        reason = "the upstream failed again during recovery"
+        try:
+            finished = await self._recover(domain)
+        except Exception as exc:
+            # Never stay in recovering with nothing running: back to emergency, probed again.
+            self.log.failure("recovery of {domain} failed", domain=domain)
+            finished, reason = False, f"recovery failed: {exc}"
         machine = self.machines.get(domain)
         if machine is None:
             return
         if finished:
             machine.recovery_finished("recovery finished")
         else:
-            machine.recovery_interrupted("the upstream failed again during recovery")
+            machine.recovery_interrupted(reason)
