@@ -115,6 +115,10 @@ class QueueIndex:
         return [_entry(r) for r in self.db.read(
             f"{_SELECT} WHERE q.queue_id = ? AND q.state != 'done' ORDER BY q.id", (queue_id,))]
 
+    def recipients(self, queue_id: str) -> list[QueueEntry]:
+        """Every recipient of a message, delivered ones too."""
+        return [_entry(r) for r in self.db.read(f"{_SELECT} WHERE q.queue_id = ? ORDER BY q.id", (queue_id,))]
+
     def for_domain(self, domain: str, states: Iterable[str] = PENDING_STATES) -> list[QueueEntry]:
         states = tuple(states)
         marks = ",".join("?" * len(states))
@@ -188,7 +192,8 @@ class QueueIndex:
     def release(self, entries: Sequence[QueueEntry], now: float) -> None:
         """Make held or deferred recipients due now (after recovery, or on ``queue flush``)."""
         with self.db.transaction() as conn:
-            conn.executemany("UPDATE queue SET state = 'queued', next_attempt = ? WHERE id = ?",
+            # Only what is still pending: a recipient delivered since it was read stays done.
+            conn.executemany("UPDATE queue SET state = 'queued', next_attempt = ? WHERE id = ? AND state != 'done'",
                              [(now, e.id) for e in entries])
 
     def release_all(self, domain: str | None, now: float) -> int:
