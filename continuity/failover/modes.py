@@ -15,6 +15,8 @@ from typing import Protocol
 from automat import MethodicalMachine
 from twisted.logger import Logger
 
+from continuity.directory.store import MODES
+
 
 class FailoverActions(Protocol):
     """What the machine asks of the service (implemented by the FailoverMonitor)."""
@@ -145,6 +147,12 @@ class DomainFailover:
 
     @classmethod
     def restore(cls, domain: str, actions: FailoverActions, mode: str) -> "DomainFailover":
+        """The machine of ``domain`` in ``mode``, without running any output.
+
+        :raises ValueError: for a mode the machine does not have.
+        """
+        if mode not in MODES:
+            raise ValueError(f"domain {domain}: unknown mode {mode!r}")
         machine = cls(domain, actions)
         machine._restore(mode)
         return machine
