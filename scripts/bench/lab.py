@@ -1,0 +1,157 @@
+"""The benchmark bench: what one benchmark is, what one round yields, and the run's work directory.
+
+A benchmark family is a module ``bench_*.py`` beside this one with a list
+``BENCHMARKS`` of :class:`Benchmark` objects; the harness finds it by name.
+A :class:`Benchmark` starts what it needs in :meth:`Benchmark.start` (peers
+under ``lab.path(...)``, registered with ``lab.cleanup`` so they are stopped
+even when a round fails), then the harness calls ``ours`` and ``peer``
+alternately, round after round, and each returns a :class:`Sample`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import attrs
+
+
+@attrs.frozen
+class Sample:
+    """One side of one round: the figure, and what our server spent on it."""
+
+    value: float
+    messages: int = 0  # work units the CPU time is divided by
+    cpu_seconds: float | None = None  # our server's CPU (None for a peer)
+    note: str = ""
+
+
+@attrs.frozen
+class Load:
+    """The size of a benchmark's work: full (the issue's load) or ``--quick``."""
+
+    full: int
+    quick: int
+
+    def size(self, quick: bool) -> int:
+        return self.quick if quick else self.full
+
+
+class Benchmark:
+    """One row of the table. Subclasses set the class attributes and implement the three steps."""
+
+    name = ""  # for --only
+    figure = ""  # the row's label
+    unit = ""  # of ours and peer
+    higher_is_better = True
+    bar = 1.0  # on ours / peer: >= bar when higher is better, else <= bar
+    peer_label = "Postfix"
+
+    def start(self, lab: "Lab") -> None:
+        """Start peers and our service (once for all rounds)."""
+
+    def ours(self, lab: "Lab", round_number: int) -> Sample:
+        raise NotImplementedError
+
+    def peer(self, lab: "Lab", round_number: int) -> Sample:
+        raise NotImplementedError
+
+    def stop(self, lab: "Lab") -> None:
+        """Stop what ``start`` started that ``lab.cleanup`` does not."""
+
+    def bar_text(self) -> str:
+        return f"{'>=' if self.higher_is_better else '<='} {self.bar:g}x"
+
+    def passes(self, ratio: float) -> bool:
+        return ratio >= self.bar if self.higher_is_better else ratio <= self.bar
+
+
+class Process:
+    """Something a benchmark starts and stops: ``with lab.cleanup.enter_context(thing.started())``."""
+
+    def start(self):
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def started(self) -> Iterator:
+        self.start()
+        try:
+            yield self
+        finally:
+            self.stop()
+
+
+class Lab:
+    """The run's work directory, options and clean-up stack."""
+
+    def __init__(self, workdir: Path | None, quick: bool, keep: bool = False, profile_dir: Path | None = None):
+        self.quick = quick
+        self.keep = keep or workdir is not None
+        self.root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="continuity-bench-"))
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o755)  # Postfix, Dovecot and smtp-sink drop to their own users
+        self.profile_dir = profile_dir
+        self.cleanup = contextlib.ExitStack()
+
+    def path(self, *parts: str) -> Path:
+        path = self.root.joinpath(*parts)
+        path.mkdir(parents=True, exist_ok=True)
+        os.chmod(path, 0o755)
+        return path
+
+    def profile_file(self, name: str) -> Path | None:
+        """Where ``--profile`` puts the py-spy samples of round ``name`` (None when not profiling)."""
+        return self.profile_dir / f"{name}.txt" if self.profile_dir is not None else None
+
+    def close(self) -> None:
+        self.cleanup.close()
+        if not self.keep:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    @staticmethod
+    def say(text: str) -> None:
+        print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float, *, what: str, process: subprocess.Popen | None = None,
+                  host: str = "127.0.0.1") -> None:
+    """Wait until something accepts connections on ``host:port``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {process.returncode} before listening on {port}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"{what}: nothing listening on {host}:{port} after {timeout}s")
+
+
+def wait_until(predicate, timeout: float, what: str, poll: float = 0.01) -> float:
+    """Poll ``predicate`` until true; return ``time.monotonic()`` then, or raise after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return time.monotonic()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(poll)
