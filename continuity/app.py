@@ -22,6 +22,7 @@ from continuity.config import IMPLICIT_TLS, LISTENERS, Config
 from continuity.db import Database, SchemaTooNew, SQLThread
 from continuity.directory.cred import build_authenticator
 from continuity.directory.store import Directory
+from continuity.failover.cssent import SentCopies
 from continuity.mailstore import MaildirStore
 from continuity.threads import WorkerThreads
 
@@ -46,6 +47,7 @@ class Components:
     mailstore: object = None
     authenticator: object = None
     realm: object = None
+    sent_copies: object = None
     index: object = None
     intake: object = None
 
@@ -113,9 +115,21 @@ def _smtp_factory(components: "Components", name: str) -> IProtocolFactory:
                              clock=components.reactor)
 
 
+def _submission_factory(components: "Components", name: str) -> IProtocolFactory:
+    from continuity.smtp.server import SMTPServerFactory
+    from continuity.smtp.submission import SubmissionPolicy
+
+    config = components.config
+    policy = SubmissionPolicy(config, components.sql, components.io.run, components.directory, components.intake,
+                              components.authenticator, components.sent_copies, components.reactor)
+    return SMTPServerFactory(policy, config.server.hostname, config.limits, tls_context=components.tls_context,
+                             auth_enabled=True, require_tls_for_auth=config.tls.require_tls_for_auth,
+                             clock=components.reactor)
+
+
 def _factory_builders() -> dict[str, FactoryBuilder]:
     """The listeners implemented in this release, by config key."""
-    return {"smtp": _smtp_factory}
+    return {"smtp": _smtp_factory, "submission": _submission_factory, "submissions": _submission_factory}
 
 
 def _delivery(components: Components, root: MultiService) -> None:
@@ -145,7 +159,7 @@ def _delivery(components: Components, root: MultiService) -> None:
     runner = QueueRunner(reactor, config, components.sql, io.run, index, spool, components.directory, agents)
     intake.kick = runner.kick
     recovery = Recovery(components.sql, io.run, components.directory,
-                        RecoveryJournal(components.db, reactor.seconds), mailstore, pool)
+                        RecoveryJournal(components.db, reactor.seconds), mailstore, pool, components.sent_copies)
 
     async def probe_domain(domain):
         users = await components.sql.run(components.directory.list_users, domain.name)
@@ -207,6 +221,8 @@ def build_service(config: Config, reactor) -> MultiService:
     io.setServiceParent(root)
     components.io = io
     components.mailstore = MaildirStore(config.mail_root, hostname=config.server.hostname)
+    components.sent_copies = SentCopies(config.cs_sent_root)
+    components.sent_copies.prepare()
     components.authenticator, components.realm = build_authenticator(
         components.directory, io.run, reactor, config.limits.auth_failures)
     _delivery(components, root)

@@ -60,6 +60,7 @@ class LimitsConfig:
     idle_timeout: int
     connections_per_ip: int
     auth_failures: int
+    messages_per_hour: int
 
 
 @attrs.frozen
@@ -87,6 +88,11 @@ class Config:
     @property
     def spool_root(self) -> str:
         return os.path.join(self.server.data_dir, "spool")
+
+    @property
+    def cs_sent_root(self) -> str:
+        """Copies of mail sent during an outage, kept for recovery (:mod:`continuity.failover.cssent`)."""
+        return os.path.join(self.server.data_dir, "cs-sent")
 
 
 class _Placeholder:
@@ -222,6 +228,7 @@ _SCHEMA: dict[str, dict[str, tuple[Validator, Any]]] = {
         "idle_timeout": (_positive_int, 300),
         "connections_per_ip": (_positive_int, 50),
         "auth_failures": (_positive_int, 10),
+        "messages_per_hour": (_positive_int, 300),
     },
 }
 

@@ -7,7 +7,10 @@ removed (``removed``). After a crash, ``sent`` rows are removed without being
 sent again; ``sending`` rows are sent again (at-least-once: the upstream may
 see a duplicate only if the crash fell between its ``250`` and our commit).
 A temporary failure stops the recovery: the rest stays local and the domain
-goes back to emergency. Afterwards every continuity delivery still tracked as
+goes back to emergency. Then the CS-SENT copies of mail the domain's users
+sent during the outage (:mod:`continuity.failover.cssent`) are relayed to each
+user with the subject prefixed ``(CS-SENT) ``, journalled the same way (kind
+``cs-sent``). Afterwards every continuity delivery still tracked as
 ``delayed`` gets its final state: ``redelivered``, ``moved`` or ``deleted``.
 """
 
@@ -22,8 +25,10 @@ from continuity import tracking
 from continuity.db import Database, SQLThread
 from continuity.directory.store import Directory
 from continuity.envelope import parse_address
+from continuity.failover.cssent import SentCopies, cs_sent_ref, prefix_subject
 from continuity.mailstore import MaildirStore, MessageRef
 from continuity.smtp.pool import ConnectionPool
+from continuity.spool.store import SpoolEnvelope
 
 _OUR_HEADERS = re.compile(rb"\A(?:(?:Return-Path|Delivered-To):[^\r\n]*\r?\n)+", re.IGNORECASE)
 _RETURN_PATH = re.compile(rb"\AReturn-Path:[ \t]*<([^>\r\n]*)>", re.IGNORECASE)
@@ -59,7 +64,10 @@ class RecoveryJournal:
             )
 
     def redelivered(self, address: str, key: str, detail: str) -> None:
-        ref = f"{address}/{key}"
+        self.redelivered_ref(f"{address}/{key}", detail)
+
+    def redelivered_ref(self, ref: str, detail: str) -> None:
+        """Tracking rows still ``delayed`` with this ``mailbox_ref`` become ``redelivered``."""
         now = self._clock()
         with self.db.transaction() as conn:
             for (tracking_id,) in conn.execute("SELECT id FROM tracking WHERE mailbox_ref = ? AND status = 'delayed'",
@@ -82,13 +90,14 @@ class Recovery:
     log = Logger()
 
     def __init__(self, sql: SQLThread, io: Callable, directory: Directory, journal: RecoveryJournal,
-                 mailstore: MaildirStore, pool: ConnectionPool):
+                 mailstore: MaildirStore, pool: ConnectionPool, sent_copies: SentCopies | None = None):
         self._sql = sql
         self._io = io
         self._directory = directory
         self._journal = journal
         self._mailstore = mailstore
         self._pool = pool
+        self._sent_copies = sent_copies
 
     async def __call__(self, domain_name: str) -> bool:
         domain = await self._sql.run(self._directory.find_domain, domain_name)
@@ -100,6 +109,15 @@ class Recovery:
             address = parse_address(user.address)
             for ref in await self._io(self._mailstore.inbox_messages, address):
                 outcome = await self._redeliver(domain.name, str(domain.upstream), user.address, ref)
+                if outcome is None:
+                    self.log.warn("recovery of {domain} interrupted after {sent} message(s)", domain=domain.name,
+                                  sent=sent)
+                    return False
+                sent += outcome
+        if self._sent_copies is not None:
+            # CS-SENT copies last: any recorded while the INBOXes were being redelivered are included.
+            for envelope in await self._io(self._sent_copies.pending, domain.name):
+                outcome = await self._redeliver_copy(domain.name, str(domain.upstream), envelope)
                 if outcome is None:
                     self.log.warn("recovery of {domain} interrupted after {sent} message(s)", domain=domain.name,
                                   sent=sent)
@@ -134,6 +152,34 @@ class Recovery:
         await self._sql.run(self._journal.redelivered, address, ref.base, f"{result.upstream} said: {reply}")
         await self._io(self._mailstore.remove_message, ref)
         await self._sql.run(self._journal.mark, domain, address, "inbox", ref.base, "removed")
+        return 1
+
+    async def _redeliver_copy(self, domain: str, upstream: str, envelope: SpoolEnvelope) -> int | None:
+        """Relay one CS-SENT copy to its user; 1 sent, 0 skipped, None on a temporary failure."""
+        key, address = envelope.queue_id, envelope.recipients[0]
+        state = await self._sql.run(self._journal.state, address, "cs-sent", key)
+        if state in ("sent", "removed"):
+            await self._io(self._sent_copies.remove, key)
+            await self._sql.run(self._journal.mark, domain, address, "cs-sent", key, "removed")
+            return 0
+        try:
+            message = prefix_subject(await self._io(self._sent_copies.read, key))
+        except FileNotFoundError:
+            return 0
+        await self._sql.run(self._journal.mark, domain, address, "cs-sent", key, "sending")
+        result = await self._pool.deliver(upstream, envelope.sender, [address], message)
+        reply = result.recipients[0]
+        if reply.temporary:
+            return None
+        if reply.permanent:
+            self.log.warn("upstream refused the CS-SENT copy {key} for {address}: {reply}; kept locally",
+                          key=key, address=address, reply=str(reply))
+            return 0
+        await self._sql.run(self._journal.mark, domain, address, "cs-sent", key, "sent")
+        await self._sql.run(self._journal.redelivered_ref, cs_sent_ref(key),
+                            f"CS-SENT copy: {result.upstream} said: {reply}")
+        await self._io(self._sent_copies.remove, key)
+        await self._sql.run(self._journal.mark, domain, address, "cs-sent", key, "removed")
         return 1
 
     async def _settle_tracking(self, domain: str) -> None:

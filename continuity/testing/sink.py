@@ -229,7 +229,7 @@ class SmtpSink:
             time.sleep(0.02)
 
     def messages(self, count: int = 0, timeout: float = 5.0) -> list[SinkMessage]:
-        """The messages received so far; waits until there are ``count``.
+        """The messages received so far (transactions that reached DATA); waits until there are ``count``.
 
         They are in order of their dump files' times, which the file system
         keeps to a few milliseconds only: tell messages apart by envelope.
@@ -237,9 +237,23 @@ class SmtpSink:
         deadline = time.monotonic() + timeout
         while True:
             paths = sorted(self.dump_dir.iterdir(), key=lambda p: (p.stat().st_mtime_ns, p.name))
-            if len(paths) >= count or time.monotonic() > deadline:
-                return [SinkMessage.parse(path) for path in paths]
+            messages = [m for m in map(self._complete, paths) if m is not None]
+            if len(messages) >= count or time.monotonic() > deadline:
+                return messages
             time.sleep(0.02)
+
+    @staticmethod
+    def _complete(path: Path) -> SinkMessage | None:
+        """The message of a dump file, or None while (or when) its transaction has not reached DATA.
+
+        smtp-sink writes the envelope fields as the commands arrive and the
+        message after DATA: a transaction cut short before DATA (the client
+        died, or is still waiting for a delayed ``354``) leaves a dump without one.
+        """
+        try:
+            return SinkMessage.parse(path)
+        except ValueError:
+            return None
 
 
 def _free_port(host: str) -> int:

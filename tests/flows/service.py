@@ -24,6 +24,24 @@ def wait_for_port(port: int, timeout: float = 20.0, host: str = "127.0.0.1") -> 
     raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
 
 
+def wait_until(predicate, timeout: float = 15.0, what: str = "condition"):
+    """Poll ``predicate`` every 0.1 s until it returns something true; return that."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def maildir_inbox(data_dir: Path, address: str) -> list[Path]:
+    """The files in the continuity INBOX of ``address`` (``new/`` then ``cur/``)."""
+    local, domain = address.split("@")
+    root = data_dir / "mail" / domain / local
+    return sorted((root / "new").glob("*")) + sorted((root / "cur").glob("*")) if root.exists() else []
+
+
 class Service:
     """``twistd -n continuity --config PATH`` with its log captured to a file."""
 

@@ -15,21 +15,12 @@ import pytest
 
 from support import CLI, default_sections, free_port, render_config
 
-from service import Service
+from service import Service, wait_until
+from service import maildir_inbox as inbox
 
 from continuity.testing.sink import dead_port, smtp_sink  # noqa: F401 (fixtures)
 
 MESSAGE = b"From: alice@sender.example\r\nTo: bob@example.com\r\nSubject: hello\r\nMessage-ID: <m1@sender.example>\r\n\r\nHi Bob.\r\n"
-
-
-def wait_until(predicate, timeout: float = 15.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
@@ -52,12 +43,6 @@ def send(port: int, recipients: list[str], message: bytes = MESSAGE, sender: str
     with smtplib.SMTP("127.0.0.1", port, timeout=20) as client:
         client.ehlo("client.sender.example")
         return client.sendmail(sender, recipients, message)
-
-
-def inbox(data_dir: Path, address: str) -> list[Path]:
-    local, domain = address.split("@")
-    root = data_dir / "mail" / domain / local
-    return sorted((root / "new").glob("*")) + sorted((root / "cur").glob("*")) if root.exists() else []
 
 
 def setup_domain(cli: CLI, upstream: str, *extra: str) -> None:
