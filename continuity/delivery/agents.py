@@ -25,6 +25,10 @@ from continuity.smtp.pool import ConnectionPool
 from continuity.spool.index import QueueEntry
 
 
+class NoSuchDomain(Exception):
+    """DNS says the recipient's domain does not exist: a permanent failure."""
+
+
 @attrs.frozen
 class Outcome:
     entry: QueueEntry
@@ -91,8 +95,10 @@ class Agents:
 
     async def _to_mx(self, domain: str, sender: str, entries: list[QueueEntry], message: bytes) -> list[Outcome]:
         try:
-            hosts = await self._mx_hosts(domain)
-        except Exception as exc:  # DNS trouble is temporary (RFC 5321 5.1)
+            hosts = await self.mx_hosts(domain)
+        except NoSuchDomain as exc:  # as Postfix: NXDOMAIN bounces at once
+            return [Outcome(e, "permanent", str(exc)) for e in entries]
+        except Exception as exc:  # other DNS trouble is temporary (RFC 5321 5.1)
             return [Outcome(e, "temporary", f"MX lookup for {domain} failed: {exc}") for e in entries]
         if not hosts:
             return [Outcome(e, "permanent", f"no mail exchanger for {domain} (null MX)") for e in entries]
@@ -104,15 +110,15 @@ class Agents:
                 return outcomes
         return outcomes
 
-    async def _mx_hosts(self, domain: str) -> list[str]:
+    async def mx_hosts(self, domain: str) -> list[str]:
         """MX hosts by preference (RFC 5321 5.1); the domain itself when it has none."""
         from twisted.names import client, dns, error
 
         resolver = self._mx or client.getResolver()
         try:
             answers, _, _ = await resolver.lookupMailExchange(domain)
-        except error.DomainError:
-            raise RuntimeError(f"domain {domain} does not exist") from None
+        except (error.DomainError, error.AuthoritativeDomainError):
+            raise NoSuchDomain(f"domain {domain} does not exist (DNS NXDOMAIN)") from None
         records = sorted((a.payload.preference, str(a.payload.name)) for a in answers if a.type == dns.MX)
         if not records:
             return [domain]
