@@ -127,9 +127,22 @@ def _submission_factory(components: "Components", name: str) -> IProtocolFactory
                              clock=components.reactor)
 
 
+def _pop3_factory(components: "Components", name: str) -> IProtocolFactory:
+    from continuity.pop3.maildrop import IMaildrop, Maildrop
+    from continuity.pop3.server import POP3ServerFactory
+
+    config, mailstore = components.config, components.mailstore
+    components.realm.register(IMaildrop, lambda user: Maildrop(mailstore, user.address))
+    return POP3ServerFactory(components.authenticator, components.io.run, config.server.hostname, config.limits,
+                             tls_context=components.tls_context,
+                             require_tls_for_auth=config.tls.require_tls_for_auth,
+                             implicit_tls=name in IMPLICIT_TLS, clock=components.reactor)
+
+
 def _factory_builders() -> dict[str, FactoryBuilder]:
     """The listeners implemented in this release, by config key."""
-    return {"smtp": _smtp_factory, "submission": _submission_factory, "submissions": _submission_factory}
+    return {"smtp": _smtp_factory, "submission": _submission_factory, "submissions": _submission_factory,
+            "pop3": _pop3_factory, "pop3s": _pop3_factory}
 
 
 def _delivery(components: Components, root: MultiService) -> None:

@@ -1,0 +1,109 @@
+"""Streaming one message to a POP3 client (RETR, TOP) without holding it in memory.
+
+The file is opened and read on the worker pool, :data:`~continuity.pop3.wire.CHUNK`
+octets at a time, encoded (:class:`~continuity.pop3.wire.MultilineEncoder`)
+and written to the transport. The transfer registers as the transport's
+streaming producer (``IPushProducer``): when the client reads slowly and the
+transport's buffer fills, ``pauseProducing`` stops the reading until
+``resumeProducing``, so a 50 MB message costs one chunk of memory however
+slow the client is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, BinaryIO
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
+
+from continuity.mailstore.errors import storage_error
+from continuity.pop3.wire import CHUNK, MultilineEncoder, TopCut
+
+
+class TransferFailed(Exception):
+    """Reading the message failed after the ``+OK``: the connection must close."""
+
+
+@implementer(IPushProducer)
+class MessageTransfer:
+    """One RETR (``top_lines`` None) or TOP of an opened message; see the module docstring."""
+
+    def __init__(self, transport: Any, run_blocking: Callable[..., Awaitable[Any]], top_lines: int | None = None):
+        self._transport = transport
+        self._run = run_blocking
+        self._cut = TopCut(top_lines) if top_lines is not None else None
+        self._encoder = MultilineEncoder()
+        self._handle: BinaryIO | None = None
+        self._first = b""
+        self._paused: defer.Deferred | None = None
+        self._stopped = False
+
+    async def open(self, opener: Callable[..., BinaryIO], *args: Any) -> None:
+        """Open the message and read its first chunk, so that a missing file is known before ``+OK``.
+
+        Raises what ``opener`` raises (e.g. ``MessageExpunged``), and ``MailstoreError`` when reading fails.
+        """
+        self._handle = await self._run(opener, *args)
+        try:
+            self._first = await self._run(self._handle.read, CHUNK)
+        except OSError as error:
+            await self.close()
+            raise storage_error(error, "reading a message") from error
+        except BaseException:
+            await self.close()
+            raise
+
+    async def send(self) -> None:
+        """Write the message and the terminating ``.<CRLF>``; the file is closed at the end.
+
+        :raises TransferFailed: when reading fails mid-way (the client has a partial message).
+        """
+        transport = self._transport
+        transport.registerProducer(self, True)
+        try:
+            chunk = self._first
+            self._first = b""
+            while chunk and not self._stopped:
+                if self._cut is not None:
+                    chunk = self._cut.cut(chunk)
+                if chunk:
+                    transport.write(self._encoder.encode(chunk))
+                if self._cut is not None and self._cut.done:
+                    break
+                if self._paused is not None:
+                    await self._paused
+                if self._stopped:
+                    break
+                try:
+                    chunk = await self._run(self._handle.read, CHUNK)
+                except OSError as error:
+                    raise TransferFailed(str(error)) from error
+            if not self._stopped:
+                transport.write(self._encoder.finish())
+        finally:
+            if not self._stopped:
+                transport.unregisterProducer()
+            await self.close()
+
+    async def close(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            await self._run(handle.close)
+
+    # -- IPushProducer ------------------------------------------------------------
+
+    def pauseProducing(self) -> None:
+        if self._paused is None:
+            self._paused = defer.Deferred()
+
+    def resumeProducing(self) -> None:
+        paused, self._paused = self._paused, None
+        if paused is not None:
+            paused.callback(None)
+
+    def stopProducing(self) -> None:
+        """The connection is gone: stop after the chunk being read."""
+        self._stopped = True
+        self.resumeProducing()
