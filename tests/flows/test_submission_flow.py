@@ -273,3 +273,36 @@ def test_outage_cs_sent_once_across_a_sigkill_in_recovery(tmp_path, smtp_sink, i
     assert list((tmp_path / "var" / "cs-sent" / "messages").iterdir()) == []
     statuses = [r["status"] for r in msa.cli.json("track", "--recipient", "bob@example.com")]
     assert statuses.count("redelivered") == 5 and "delayed" not in statuses
+
+
+def test_bare_lf_in_submitted_data_is_refused(msa):
+    """Submission applies the inbound DATA rules: a bare LF is refused 550 5.5.2 after the real end of data."""
+    with smtplib.SMTP("127.0.0.1", msa.submission, timeout=20) as client:
+        client.starttls(context=ssl._create_unverified_context())
+        client.login("carol@example.com", PASSWORD)
+        client.mail("carol@example.com")
+        client.rcpt("z@internet.example")
+        assert client.docmd("DATA")[0] == 354
+        client.send(b"From: carol@example.com\r\nSubject: smuggle\r\n\r\nline\n.\nMAIL FROM:<x@y>\r\n.\r\n")
+        code, text = client.getreply()
+        assert (code, text[:5]) == (550, b"5.5.2")
+        assert client.noop()[0] == 250  # still in command mode, nothing smuggled
+
+
+def test_outbound_refusal_bounces_to_the_sender(tmp_path, smtp_sink):
+    """A 5xx from the smarthost bounces: the user's DSN goes to their mailbox upstream."""
+    internet, upstream = smtp_sink("-f", "RCPT"), smtp_sink()
+    msa = MSA(tmp_path, internet).start()
+    try:
+        msa.domain(upstream.address, "alice@example.com")
+        msa.submit("alice@example.com", ["gone@internet.example"],
+                   message("alice@example.com", "gone@internet.example", "to a closed mailbox"))
+        (dsn,) = upstream.messages(1, timeout=20)
+        assert dsn.sender == "" and dsn.recipients == ("alice@example.com",)
+        assert b"multipart/report; report-type=delivery-status" in dsn.content
+        assert b"Final-Recipient: rfc822; gone@internet.example" in dsn.content
+        assert b"Action: failed" in dsn.content
+        row = msa.cli.json("track", "--recipient", "gone@internet.example")[0]
+        assert row["status"] == "bounced"
+    finally:
+        msa.stop()
