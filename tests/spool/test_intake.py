@@ -1,0 +1,125 @@
+"""Intake: a message is spooled and indexed before accept() returns; a restart rebuilds the index from files."""
+
+from __future__ import annotations
+
+import email.utils
+import os
+
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+
+from continuity.db import Database
+from continuity.spool.index import QueueIndex
+from continuity.spool.intake import MessageIntake, header_section, message_id_of, received_header
+from continuity.spool.store import MessageSpool
+from continuity.testing.inline import InlineThread
+
+NOW = 1_800_000_000.0
+MESSAGE = b"Subject: hi\r\nMessage-ID:  <m1@sender.example> \r\n\r\nMessage-ID: <not-this@x>\r\n"
+
+
+class Parts:
+    """Spool, index and intake under one data directory, threads inline, time on a Clock."""
+
+    def __init__(self, root):
+        self.clock = Clock()
+        self.clock.advance(NOW)
+        self.db = Database(os.path.join(root, "store.sqlite3")).open()
+        self.spool = MessageSpool(os.path.join(root, "spool"))
+        self.spool.prepare()
+        self.index = QueueIndex(self.db, clock=self.clock.seconds)
+        self.kicked: list[str] = []
+        self.intake = MessageIntake(self.clock, InlineThread(), InlineThread(), self.spool, self.index,
+                                    self.kicked.append)
+
+    def run(self, coroutine):
+        results = []
+        Deferred.fromCoroutine(coroutine).addBoth(results.append)
+        assert results, "did not finish"
+        return results[0]
+
+    def accept(self, recipients=("bob@example.com",), message=MESSAGE) -> str:
+        return self.run(self.intake.accept(sender="alice@sender.example", recipients=list(recipients),
+                                           chunks=[b"Received: by us\r\n", message], direction="inbound",
+                                           origin="smtp", client="192.0.2.1"))
+
+
+@pytest.fixture
+def parts(tmp_path):
+    """Intake on a fresh data directory."""
+    parts = Parts(str(tmp_path))
+    yield parts
+    parts.db.close()
+
+
+def test_accept_spools_indexes_and_wakes_the_runner(parts):
+    """When accept() returns, the file is in the spool, the recipients are queued and the runner was kicked."""
+    queue_id = parts.accept(["bob@example.com", "carol@example.com"])
+    envelope, data = parts.spool.read(queue_id)
+    assert envelope.recipients == ("bob@example.com", "carol@example.com")
+    assert envelope.received == NOW and envelope.message_id == "<m1@sender.example>"
+    assert data == b"Received: by us\r\n" + MESSAGE
+    assert [e.recipient for e in parts.index.pending(queue_id)] == ["bob@example.com", "carol@example.com"]
+    assert parts.kicked == [queue_id]
+
+
+def test_recover_spool_rebuilds_the_index_from_the_files(tmp_path):
+    """After a crash that lost the index (a fresh store), every spool file is queued again from its envelope."""
+    first = Parts(str(tmp_path))
+    recipients = {first.accept([f"user{n}@example.com"]): f"user{n}@example.com" for n in range(3)}
+    ids = sorted(recipients)
+    first.db.close()
+    os.unlink(tmp_path / "store.sqlite3")
+    again = Parts(str(tmp_path))
+    assert again.run(again.intake.recover_spool()) == (3, 0)
+    assert sorted(e.queue_id for e in again.index.due(NOW)) == ids
+    for queue_id, recipient in recipients.items():
+        (entry,) = again.index.pending(queue_id)
+        assert (entry.sender, entry.recipient, entry.received) == ("alice@sender.example", recipient, NOW)
+    again.db.close()
+
+
+def test_recover_spool_adds_only_what_the_index_lacks(parts):
+    """A spool file written but not indexed (crash between the two) is indexed; known ones are left alone."""
+    known = parts.accept()
+    parts.intake.kick = None
+    from continuity.spool.store import SpoolEnvelope
+
+    orphan = SpoolEnvelope(queue_id="0000ORPHAN0001", sender="", recipients=("bob@example.com",), received=NOW,
+                           direction="inbound", origin="smtp")
+    parts.spool.write(orphan, [b"Subject: orphan\r\n\r\n"])
+    assert parts.run(parts.intake.recover_spool()) == (1, 0)
+    assert len(parts.index.pending(known)) == 1
+    assert parts.index.pending("0000ORPHAN0001")[0].sender == ""
+
+
+def test_recover_spool_removes_files_of_finished_messages(parts):
+    """A spool file whose recipients are all done (crash before its removal) is removed at start-up."""
+    queue_id = parts.accept()
+    parts.index.finish(parts.index.pending(queue_id), "relayed", "250 ok")
+    assert parts.run(parts.intake.recover_spool()) == (0, 1)
+    assert not parts.spool.exists(queue_id)
+
+
+def test_message_id_is_taken_from_the_header_section_only():
+    """The Message-ID of the headers is used, trimmed; one in the body is not."""
+    assert message_id_of(MESSAGE) == "<m1@sender.example>"
+    assert message_id_of(b"Subject: x\r\n\r\nMessage-ID: <body@x>\r\n") is None
+
+
+def test_header_section_ends_at_the_first_empty_line():
+    """The header section includes its last line ending, for CRLF and bare LF messages."""
+    assert header_section(b"A: 1\r\nB: 2\r\n\r\nbody") == b"A: 1\r\nB: 2\r\n"
+    assert header_section(b"A: 1\n\nbody") == b"A: 1\n"
+    assert header_section(b"A: 1\r\n") == b"A: 1\r\n"
+
+
+def test_received_header_names_the_client_us_and_the_queue_id():
+    """Our Received: field (RFC 5321 4.4) has from, by, with, id, for and the date, folded with CRLF TAB."""
+    header = received_header(hostname="mx.example.test", helo="client.example", client_ip="192.0.2.1",
+                             protocol="ESMTPS", queue_id="Q1", recipient="bob@example.com", now=NOW)
+    assert header.startswith(b"Received: from client.example ([192.0.2.1])\r\n\tby mx.example.test (continuity)"
+                             b" with ESMTPS id Q1\r\n\tfor <bob@example.com>;\r\n\t")
+    date = header.rsplit(b"\t", 1)[1].decode().strip()
+    assert email.utils.parsedate_to_datetime(date).timestamp() == NOW
