@@ -88,3 +88,65 @@ class Service:
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
+
+
+MESSAGE = (b"From: alice@sender.example\r\nTo: bob@example.com\r\nSubject: hello\r\n"
+           b"Message-ID: <m1@sender.example>\r\n\r\nHi Bob.\r\n")
+
+
+class MX:
+    """The service with its ``smtp`` listener on 127.0.0.1: continuityctl, data_dir and an SMTP client.
+
+    ``relay`` and ``outbound`` override keys of those config sections (the
+    defaults keep flows fast: 3 s timeout, probes every second, retries after 1 and 2 s).
+    """
+
+    def __init__(self, tmp_path: Path, relay: dict | None = None, outbound: dict | None = None):
+        from support import CLI, default_sections, free_port, render_config
+
+        self.port = free_port()
+        sections = default_sections(listen={"smtp": f"tcp:{self.port}:interface=127.0.0.1"})
+        sections["relay"] = {"timeout": 3, "probe_interval": 1, "retry_intervals": [1, 2], "max_queue_age": 3600,
+                             **(relay or {})}
+        if outbound:
+            sections["outbound"] = outbound
+        self.config = tmp_path / "c.toml"
+        self.config.write_text(render_config(sections))
+        self.data_dir = tmp_path / "var"
+        self.cli = CLI(self.config)
+        self.service = Service(self.config)
+
+    def start(self) -> "MX":
+        self.service.start(wait_ports=(self.port,))
+        return self
+
+    def stop(self) -> None:
+        """Stop with SIGTERM and check it was clean: twistd's exit status, its last words, no traceback."""
+        code = self.service.stop()
+        log = self.service.log()
+        # twistd reports the signal that stopped it as its exit status (-SIGTERM) after a clean shut-down.
+        assert code in (0, -15) and "Server Shut Down." in log, log
+        assert "Traceback" not in log, log
+
+    def kill(self) -> None:
+        self.service.kill()
+
+    def send(self, recipients: list[str], message: bytes = MESSAGE, sender: str = "alice@sender.example") -> dict:
+        """One transaction with smtplib; returns the refused recipients (raises if all were)."""
+        import smtplib
+
+        with smtplib.SMTP("127.0.0.1", self.port, timeout=20) as client:
+            client.ehlo("client.sender.example")
+            return client.sendmail(sender, recipients, message)
+
+    def add_domain(self, upstream: str, *options: str, domain: str = "example.com",
+                   users: tuple[str, ...] = ("bob",)) -> None:
+        """Host ``domain`` with ``upstream`` and register ``users`` (local parts) with a password."""
+        result = self.cli("domain", "add", domain, "--upstream", upstream, *options)
+        assert result.returncode == 0, result.stderr
+        for local in users:
+            result = self.cli("user", "add", f"{local}@{domain}", "--password-stdin", stdin="Secret123\n")
+            assert result.returncode == 0, result.stderr
+
+    def inbox(self, address: str) -> list[Path]:
+        return maildir_inbox(self.data_dir, address)
