@@ -1,0 +1,109 @@
+"""The maildrop of a POP3 session: the cross-process lock, sizes, numbering, UPDATE."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from continuity.envelope import parse_address
+from continuity.mailstore.sessionlock import lock_mailbox_session, try_session_lock
+from continuity.pop3.maildrop import Maildrop, MaildropInUse, MessageDeleted, NoSuchMessage, SizeCache
+
+import pytest
+
+from .conftest import ADDRESS
+
+HOLD_LOCK = """
+import sys, time
+from continuity.mailstore.sessionlock import try_session_lock
+lock = try_session_lock(sys.argv[1], "pop3")
+print("held" if lock else "busy", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_session_lock_is_exclusive_within_a_process(tmp_path):
+    """A second try on the same mailbox gets None until the first is released."""
+    first = try_session_lock(str(tmp_path), "pop3")
+    assert first is not None and try_session_lock(str(tmp_path), "pop3") is None
+    first.release()
+    first.release()  # idempotent
+    assert try_session_lock(str(tmp_path), "pop3") is not None
+
+
+def test_session_lock_works_across_processes(tmp_path):
+    """A lock held by another process refuses this one; its death frees it."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert try_session_lock(str(tmp_path), "pop3") is None
+    finally:
+        holder.kill()
+        holder.wait()
+    assert try_session_lock(str(tmp_path), "pop3") is not None
+
+
+def test_session_lock_kind_must_be_a_word(tmp_path):
+    """The lock kind becomes part of a file name: only letters and digits."""
+    with pytest.raises(ValueError):
+        try_session_lock(str(tmp_path), "../x")
+
+
+def test_lock_mailbox_session_creates_the_mailbox(store):
+    """Locking a user's maildrop creates the mailbox first."""
+    lock = lock_mailbox_session(store, parse_address(ADDRESS), "pop3")
+    assert lock is not None and store.mailbox(parse_address(ADDRESS)).exists()
+
+
+def test_open_twice_is_in_use(store):
+    """A second Maildrop of the same user cannot open while the first holds the lock."""
+    first, second = Maildrop(store, ADDRESS), Maildrop(store, ADDRESS)
+    first.open(SizeCache())
+    with pytest.raises(MaildropInUse):
+        second.open(SizeCache())
+    first.release()
+    second.open(SizeCache())
+
+
+def test_numbers_and_marks(store, deliver):
+    """Messages are numbered from 1; marked ones are out of STAT and refused by get()."""
+    deliver(b"a\r\n", b"bb\r\n")
+    maildrop = Maildrop(store, ADDRESS)
+    maildrop.open(SizeCache())
+    assert maildrop.stat() == (2, 7)
+    maildrop.delete(1)
+    assert maildrop.stat() == (1, 4)
+    with pytest.raises(MessageDeleted):
+        maildrop.get(1)
+    with pytest.raises(NoSuchMessage):
+        maildrop.get(3)
+    maildrop.reset()
+    assert maildrop.stat() == (2, 7)
+
+
+def test_size_cache_uses_dovecot_virtual_size_field(store, tmp_path):
+    """A base name with Dovecot's ,W= field is not read to know its size."""
+    from continuity.mailstore import MessageRef
+
+    ref = MessageRef(address=parse_address(ADDRESS), folder=None, uid=1, base="1.M1P1.host,S=10,W=12",
+                     path=str(tmp_path / "missing"), flags="", size=10, internal_date=0, modseq=None, recent=False)
+    assert SizeCache().size_of(store, ref) == 12
+
+
+def test_size_cache_measures_once(store, deliver, monkeypatch):
+    """A measured size is remembered by base name: the file is not read again."""
+    (ref,) = deliver(b"x\n")
+    cache = SizeCache()
+    assert cache.size_of(store, ref) == 3
+    monkeypatch.setattr(store, "open_message", lambda ref: 1 / 0)
+    assert cache.size_of(store, ref) == 3
+
+
+def test_size_cache_is_bounded(store, deliver):
+    """The cache forgets the least recently used sizes beyond its bound."""
+    refs = deliver(b"a\n", b"b\n", b"c\n")
+    cache = SizeCache(entries=2)
+    for ref in refs:
+        cache.size_of(store, ref)
+    assert len(cache._sizes) == 2
