@@ -17,7 +17,7 @@ from typing import Any, NoReturn, TextIO
 
 from continuity.config import Config, config_path_from, load_config
 from continuity.db import Database, SchemaTooNew
-from continuity.directory.store import Directory, Domain, User, is_covered
+from continuity.directory.store import Directory, Domain, ModeChange, User, is_covered
 from continuity.errors import ConfigError, ContinuityError
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
@@ -96,7 +96,24 @@ def read_password(ctx: Context, args: argparse.Namespace, required: bool) -> str
 # -- rendering ---------------------------------------------------------------
 
 
+def switch_json(change: ModeChange | None) -> dict[str, Any] | None:
+    """A mode change as ``--json`` shows it (``last_switch``, ``mode_history`` items)."""
+    if change is None:
+        return None
+    return {"time": iso(change.time), "from": change.old_mode, "to": change.new_mode, "reason": change.reason,
+            "automatic": change.automatic}
+
+
+def describe_switch(switch: dict[str, Any] | None) -> str | None:
+    """One line for people: ``TIME from -> to (automatic: reason)``."""
+    if switch is None:
+        return None
+    how = "automatic" if switch["automatic"] else "manual"
+    return f"{switch['time']}  {switch['from']} -> {switch['to']}  ({how}: {switch['reason']})"
+
+
 def domain_json(ctx: Context, domain: Domain) -> dict[str, Any]:
+    last = ctx.directory.mode_history(domain.name, limit=1)
     return {
         "domain": domain.name,
         "upstream": str(domain.upstream),
@@ -110,6 +127,7 @@ def domain_json(ctx: Context, domain: Domain) -> dict[str, Any]:
         "health_detail": domain.health_detail,
         "queue_depth": ctx.queue_depth(domain.name),
         "password_policy": domain.password_policy.spec(),
+        "last_switch": switch_json(last[0] if last else None),
     }
 
 
@@ -176,22 +194,19 @@ def cmd_domain_show(ctx: Context, args: argparse.Namespace) -> None:
     domain = ctx.directory.get_domain(args.domain)
     data = domain_json(ctx, domain)
     data["users"] = len(ctx.directory.list_users(domain.name))
-    data["mode_history"] = [
-        {"time": iso(c.time), "from": c.old_mode, "to": c.new_mode, "reason": c.reason,
-         "automatic": c.automatic} for c in ctx.directory.mode_history(domain.name)
-    ]
+    data["mode_history"] = [switch_json(c) for c in ctx.directory.mode_history(domain.name)]
 
     def text() -> str:
         lines = key_values([
             ("domain", data["domain"]), ("upstream", data["upstream"]), ("mode", data["mode"]),
-            ("mode since", data["mode_since"]), ("health", data["health"]),
+            ("mode since", data["mode_since"]), ("last switch", describe_switch(data["last_switch"])),
+            ("health", data["health"]),
             ("last probe", data["health_checked"]), ("health detail", data["health_detail"]),
             ("scope", data["scope"]), ("activation", data["activation"]),
             ("continuity", "on" if data["continuity"] else "off"), ("password policy", data["password_policy"]),
             ("users", data["users"]), ("queue depth", data["queue_depth"]),
         ])
-        history = [f"  {h['time']}  {h['from']} -> {h['to']}  "
-                   f"({'automatic' if h['automatic'] else 'manual'}: {h['reason']})" for h in data["mode_history"]]
+        history = [f"  {describe_switch(h)}" for h in data["mode_history"]]
         return lines + ("\nmode changes:\n" + "\n".join(history) if history else "")
 
     ctx.emit(args, data, text)
@@ -310,8 +325,9 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> None:
     def text() -> str:
         parts = [f"continuity on {data['hostname']} (data in {data['data_dir']})", ""]
         if domains:
-            parts.append(table([(d["domain"], d["mode"], d["health"], d["queue_depth"]) for d in domains],
-                               ("DOMAIN", "MODE", "HEALTH", "QUEUE")))
+            parts.append(table([(d["domain"], d["mode"], d["health"], d["queue_depth"],
+                                 describe_switch(d["last_switch"]) or "never") for d in domains],
+                               ("DOMAIN", "MODE", "HEALTH", "QUEUE", "LAST SWITCH")))
         else:
             parts.append("no domains")
         parts += ["", "queue: " + ", ".join(f"{k} {v}" for k, v in counts.items()), "",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 from support import CLI
 
@@ -251,3 +252,36 @@ def test_bad_config_is_one_line(tmp_path):
     result = CLI(path)("status")
     assert result.returncode == 1
     assert result.stderr.strip() == "config error: limits.max_recipients: must be a positive integer, got -1"
+
+
+def test_last_switch_is_null_before_any_switch(cli):
+    """A domain that never changed mode shows last_switch null, and 'never' in status."""
+    add_domain(cli)
+    assert cli.json("domain", "show", "example.com")["last_switch"] is None
+    assert cli.json("status")["domains"][0]["last_switch"] is None
+    assert "never" in cli("status").stdout
+
+
+def test_status_and_domain_show_report_the_last_switch(cli):
+    """status and domain show give the last switch's time, modes, reason and manual/automatic."""
+    from continuity.config import load_config
+    from continuity.db import Database
+    from continuity.directory.store import Directory
+
+    add_domain(cli)
+    assert cli("emergency", "start", "example.com").returncode == 0
+    manual = cli.json("domain", "show", "example.com")["last_switch"]
+    assert {k: manual[k] for k in ("from", "to", "reason", "automatic")} == {
+        "from": "normal", "to": "emergency", "reason": "continuityctl emergency start", "automatic": False}
+    assert manual["time"].endswith("+00:00")
+    db = Database(load_config(str(cli.config)).db_path).open()
+    Directory(db, clock=lambda: 1_800_000_000.0).set_mode("example.com", "recovering", "probe succeeded: 250 ok",
+                                                          automatic=True)
+    db.close()
+    expected = {"time": "2027-01-15T08:00:00+00:00", "from": "emergency", "to": "recovering",
+                "reason": "probe succeeded: 250 ok", "automatic": True}
+    assert cli.json("domain", "show", "example.com")["last_switch"] == expected
+    assert cli.json("status")["domains"][0]["last_switch"] == expected
+    line = "2027-01-15T08:00:00+00:00  emergency -> recovering  (automatic: probe succeeded: 250 ok)"
+    assert re.search(rf"^last switch: +{re.escape(line)}$", cli("domain", "show", "example.com").stdout, re.M)
+    assert line in cli("status").stdout
