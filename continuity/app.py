@@ -139,10 +139,22 @@ def _pop3_factory(components: "Components", name: str) -> IProtocolFactory:
                              implicit_tls=name in IMPLICIT_TLS, clock=components.reactor)
 
 
+def _imap_factory(components: "Components", name: str) -> IProtocolFactory:
+    from continuity.imap.server import IMAPServerFactory, shared_state
+
+    config = components.config
+    shared = shared_state(components.realm, components.mailstore, components.io.run, components.reactor)
+    return IMAPServerFactory(store=components.mailstore, run=components.io.run,
+                             authenticator=components.authenticator, hostname=config.server.hostname,
+                             limits=config.limits, require_tls_for_auth=config.tls.require_tls_for_auth,
+                             tls_context=components.tls_context, clock=components.reactor, shared=shared,
+                             implicit_tls=name in IMPLICIT_TLS)
+
+
 def _factory_builders() -> dict[str, FactoryBuilder]:
     """The listeners implemented in this release, by config key."""
     return {"smtp": _smtp_factory, "submission": _submission_factory, "submissions": _submission_factory,
-            "pop3": _pop3_factory, "pop3s": _pop3_factory}
+            "pop3": _pop3_factory, "pop3s": _pop3_factory, "imap": _imap_factory, "imaps": _imap_factory}
 
 
 def _delivery(components: Components, root: MultiService) -> None:

@@ -1,0 +1,229 @@
+"""FETCH (RFC 3501 6.4.5, 7.4.2; RFC 7162 3.1.4 MODSEQ and CHANGEDSINCE): what was asked, and its rendering.
+
+:func:`parse_fetch` turns the attribute list into a :class:`FetchPlan`;
+:func:`render_batch` renders many messages into one buffer, reading their
+files, and runs on the worker pool: a FETCH of 10,000 messages is a few dozen
+thread hops and writes, not a Deferred per message.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+
+import attrs
+
+from continuity.imap.mime import Part, SectionNotFound
+from continuity.imap.parser import Atom, ParseError, format_date_time, number
+from continuity.mailstore import MessageExpunged, MessageRef
+
+_SECTION = re.compile(r"\A(BODY|BODY\.PEEK|BINARY|BINARY\.PEEK)\[([^\]]*)\](?:<(\d{1,10})\.(\d{1,10})>)?\Z", re.I)
+_SECTION_TEXT = re.compile(r"\A((?:[1-9]\d{0,4}\.)*[1-9]\d{0,4})?\.?(HEADER\.FIELDS\.NOT|HEADER\.FIELDS|HEADER|TEXT|MIME)?\Z")
+_MACROS = {
+    "ALL": ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"],
+    "FAST": ["FLAGS", "INTERNALDATE", "RFC822.SIZE"],
+    "FULL": ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY"],
+}
+_SIMPLE = {"FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODYSTRUCTURE", "BODY", "RFC822",
+           "RFC822.HEADER", "RFC822.TEXT", "MODSEQ"}
+_NEEDS_FILE = {"ENVELOPE", "BODYSTRUCTURE", "BODY", "RFC822", "RFC822.HEADER", "RFC822.TEXT", "SECTION"}
+BATCH_BYTES = 1 << 20  # a rendered batch is about this big (one worker call, one write)
+BATCH_MESSAGES = 2000
+
+
+@attrs.frozen
+class FetchItem:
+    """One attribute: ``kind`` is a simple name or ``SECTION``."""
+
+    kind: str
+    label: bytes = b""  # SECTION: the response name, e.g. b"BODY[HEADER.FIELDS (FROM)]"
+    numbers: tuple[int, ...] = ()
+    text: str = ""
+    fields: frozenset[bytes] = frozenset()
+    partial: tuple[int, int] | None = None
+    peek: bool = True
+
+
+@attrs.frozen
+class FetchPlan:
+    items: tuple[FetchItem, ...]
+    changed_since: int | None = None
+
+    @property
+    def needs_file(self) -> bool:
+        return any(item.kind in _NEEDS_FILE for item in self.items)
+
+    @property
+    def sets_seen(self) -> bool:
+        """Fetching a body without PEEK sets ``\\Seen`` (RFC 3501 6.4.5)."""
+        return any(not item.peek for item in self.items)
+
+    @property
+    def wants_modseq(self) -> bool:
+        return any(item.kind == "MODSEQ" for item in self.items)
+
+
+def _item(token: object) -> list[FetchItem]:
+    if not isinstance(token, Atom):
+        raise ParseError("bad FETCH attribute")
+    name = token.upper()
+    if name in _MACROS:
+        return [FetchItem(kind) for kind in _MACROS[name]]
+    if name in _SIMPLE:
+        return [FetchItem(name, peek=name not in ("RFC822", "RFC822.TEXT"))]
+    match = _SECTION.match(str(token))
+    if match is None:
+        raise ParseError(f"unknown FETCH attribute {token[:40]}")
+    verb, section = match.group(1).upper(), match.group(2)
+    if verb.startswith("BINARY"):
+        raise ParseError("BINARY is not supported")
+    spec, _, field_list = section.partition(" ")
+    spec = spec.upper()
+    parsed = _SECTION_TEXT.match(spec)
+    if parsed is None:
+        raise ParseError(f"bad section {section[:40]}")
+    numbers = tuple(int(n) for n in parsed.group(1).split(".")) if parsed.group(1) else ()
+    text = parsed.group(2) or ""
+    fields: frozenset[bytes] = frozenset()
+    if text.startswith("HEADER.FIELDS"):
+        names = field_list.strip()
+        if not (names.startswith("(") and names.endswith(")")) or not names[1:-1].strip():
+            raise ParseError("HEADER.FIELDS needs a list of field names")
+        fields = frozenset(n.strip('"').lower().encode("latin-1") for n in names[1:-1].split())
+        section = f"{spec} ({' '.join(names[1:-1].split()).upper()})"
+    elif field_list:
+        raise ParseError(f"bad section {section[:40]}")
+    else:
+        section = spec
+    if text == "MIME" and not numbers:
+        raise ParseError("MIME needs a part number")
+    partial = None
+    if match.group(3) is not None:
+        partial = (int(match.group(3)), int(match.group(4)))
+        if partial[1] == 0:
+            raise ParseError("partial length must be positive")
+    label = b"BODY[" + section.encode("latin-1") + b"]"
+    return [FetchItem("SECTION", label, numbers, text, fields, partial, peek=verb == "BODY.PEEK")]
+
+
+def parse_fetch(tokens: Sequence[object], by_uid: bool, condstore: bool) -> FetchPlan:
+    """The attributes (one or a list) and the optional ``(CHANGEDSINCE n)`` modifier."""
+    if not tokens or len(tokens) > 2:
+        raise ParseError("FETCH needs attributes")
+    wanted = tokens[0] if isinstance(tokens[0], list) else [tokens[0]]
+    items: list[FetchItem] = []
+    for token in wanted:
+        items.extend(_item(token))
+    changed_since = None
+    if len(tokens) == 2:
+        modifiers = tokens[1]
+        if not isinstance(modifiers, list) or len(modifiers) != 2 or str(modifiers[0]).upper() != "CHANGEDSINCE":
+            raise ParseError("unknown FETCH modifier")
+        changed_since = number(modifiers[1], bits=63)
+    if changed_since is not None or condstore and any(item.kind == "FLAGS" for item in items):
+        items.append(FetchItem("MODSEQ"))
+    if by_uid:
+        items.insert(0, FetchItem("UID"))
+    seen: set[FetchItem] = set()
+    unique = [item for item in items if not (item in seen or seen.add(item))]
+    if not unique:
+        raise ParseError("FETCH needs attributes")
+    return FetchPlan(tuple(unique), changed_since)
+
+
+@attrs.frozen
+class Row:
+    """One message to render: its numbers, the listed file, flags as the session shows them."""
+
+    seq: int
+    uid: int
+    ref: MessageRef
+    flags: bytes
+    modseq: int
+
+
+def _literal(label: bytes, data: bytes) -> bytes:
+    return label + b" {%d}\r\n" % len(data) + data
+
+
+def render(row: Row, plan: FetchPlan, read: Callable[[MessageRef], bytes] | None) -> bytes:
+    """``* seq FETCH (...)`` for one message.
+
+    :raises MessageExpunged: when its file is gone.
+    """
+    out: list[bytes] = []
+    raw: bytes | None = None
+    part: Part | None = None
+    for item in plan.items:
+        kind = item.kind
+        if kind == "UID":
+            out.append(b"UID %d" % row.uid)
+        elif kind == "FLAGS":
+            out.append(b"FLAGS " + row.flags)
+        elif kind == "MODSEQ":
+            out.append(b"MODSEQ (%d)" % row.modseq)
+        elif kind == "INTERNALDATE":
+            out.append(b"INTERNALDATE " + format_date_time(row.ref.internal_date))
+        elif kind == "RFC822.SIZE":
+            out.append(b"RFC822.SIZE %d" % row.ref.size)
+        else:
+            if raw is None:
+                assert read is not None
+                raw = read(row.ref)
+            if kind == "RFC822":
+                out.append(_literal(b"RFC822", raw))
+                continue
+            if part is None:
+                part = Part.from_bytes(raw)
+            if kind == "RFC822.HEADER":
+                out.append(_literal(b"RFC822.HEADER", part.header))
+            elif kind == "RFC822.TEXT":
+                out.append(_literal(b"RFC822.TEXT", part.body))
+            elif kind == "ENVELOPE":
+                out.append(b"ENVELOPE " + part.envelope())
+            elif kind == "BODYSTRUCTURE":
+                out.append(b"BODYSTRUCTURE " + part.body_structure(True))
+            elif kind == "BODY":
+                out.append(b"BODY " + part.body_structure(False))
+            else:
+                try:
+                    data = raw if not item.numbers and not item.text else part.section(
+                        list(item.numbers), item.text, set(item.fields))
+                except SectionNotFound:
+                    data = b""
+                label = item.label
+                if item.partial is not None:
+                    start, length = item.partial
+                    data = data[start: start + length]
+                    label += b"<%d>" % start
+                out.append(_literal(label, data))
+    return b"* %d FETCH (" % row.seq + b" ".join(out) + b")\r\n"
+
+
+def batches(rows: Sequence[Row], needs_file: bool) -> list[Sequence[Row]]:
+    """Rows cut into batches of about :data:`BATCH_BYTES` of output."""
+    if not needs_file:
+        return [rows[i: i + BATCH_MESSAGES * 5] for i in range(0, len(rows), BATCH_MESSAGES * 5)]
+    out = []
+    start, size = 0, 0
+    for index, row in enumerate(rows):
+        size += row.ref.size + 100
+        if size >= BATCH_BYTES or index - start + 1 >= BATCH_MESSAGES:
+            out.append(rows[start: index + 1])
+            start, size = index + 1, 0
+    if start < len(rows):
+        out.append(rows[start:])
+    return out
+
+
+def render_batch(rows: Sequence[Row], plan: FetchPlan,
+                 read: Callable[[MessageRef], bytes] | None) -> tuple[bytes, int]:
+    """One buffer of FETCH responses, and how many messages were found expunged meanwhile."""
+    out: list[bytes] = []
+    missing = 0
+    for row in rows:
+        try:
+            out.append(render(row, plan, read))
+        except MessageExpunged:
+            missing += 1
+    return b"".join(out), missing

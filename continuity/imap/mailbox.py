@@ -1,0 +1,210 @@
+"""IMAP's view of a continuity mailbox: the avatar, flags, and the selected folder's session state.
+
+The mail store (:mod:`continuity.mailstore`) knows UIDs, Maildir flags and
+modseqs; this module adds what only an IMAP session has (RFC 3501 2.3.1.2):
+message sequence numbers, the session's ``\\Recent`` set, and which changes
+made by other sessions or tools it has not announced yet. :meth:`FolderView.update`
+turns a fresh :class:`~continuity.mailstore.FolderSnapshot` into the untagged
+``EXPUNGE``, ``EXISTS``, ``RECENT`` and ``FETCH (FLAGS ...)`` responses
+(RFC 3501 7.3.1, 7.4.1, 7.4.2; RFC 7162 3.2 for ``MODSEQ``).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable
+
+import attrs
+from zope.interface import Interface, implementer
+
+from continuity.envelope import Address
+from continuity.imap.parser import ParseError, SequenceSet
+from continuity.mailstore import FolderName, FolderSnapshot, MessageRef
+
+#: Maildir info letters <-> IMAP system flags (RFC 3501 2.3.2), as Dovecot maps them.
+LETTER_TO_FLAG = {"D": b"\\Draft", "F": b"\\Flagged", "R": b"\\Answered", "S": b"\\Seen", "T": b"\\Deleted"}
+FLAG_TO_LETTER = {flag.decode().upper(): letter for letter, flag in LETTER_TO_FLAG.items()}
+SYSTEM_FLAGS = b"\\Answered \\Flagged \\Deleted \\Seen \\Draft"
+
+
+class IMAPAccount(Interface):
+    """The avatar of an IMAP login: the user's continuity mailbox."""
+
+
+@implementer(IMAPAccount)
+@attrs.frozen
+class Account:
+    """A logged-in user's mailbox: the address the store knows it by."""
+
+    address: Address
+
+    def logout(self) -> None:
+        """Nothing to release: sessions hold no locks between commands."""
+
+
+def flag_letters(flags: Iterable[bytes]) -> str:
+    """Maildir letters for IMAP flags; keywords and ``\\Recent`` are not stored (not in PERMANENTFLAGS).
+
+    :raises ParseError: for a flag that is not an atom.
+    """
+    letters = set()
+    for flag in flags:
+        name = flag.decode("latin-1").upper()
+        if name.startswith("\\"):
+            letter = FLAG_TO_LETTER.get(name)
+            if letter is None and name != "\\RECENT":
+                raise ParseError(f"unknown system flag {flag.decode('latin-1')}")
+            if letter:
+                letters.add(letter)
+    return "".join(sorted(letters))
+
+
+def format_flags(letters: str, recent: bool = False) -> bytes:
+    """``(\\Seen \\Flagged)`` for Maildir letters."""
+    names = [LETTER_TO_FLAG[letter] for letter in letters if letter in LETTER_TO_FLAG]
+    if recent:
+        names.append(b"\\Recent")
+    return b"(" + b" ".join(names) + b")"
+
+
+@attrs.define
+class FolderView:
+    """The selected folder as this session has announced it to its client.
+
+    ``uids[seq - 1]`` is the UID of message ``seq``. Messages expunged on disk
+    stay listed (``gone``) until an EXPUNGE response may be sent, so sequence
+    numbers never change behind the client's back (RFC 3501 7.4.1).
+    """
+
+    name: FolderName
+    readonly: bool
+    uidvalidity: int
+    uids: list[int]
+    refs: dict[int, MessageRef]
+    recent: set[int]
+    uid_next: int
+    highest_modseq: int
+    snapshot: FolderSnapshot
+    gone: set[int] = attrs.Factory(set)
+
+    @classmethod
+    def open(cls, snapshot: FolderSnapshot, readonly: bool, claimed: Iterable[int]) -> FolderView:
+        refs = {message.uid: message for message in snapshot.messages}
+        return cls(
+            name=snapshot.folder,
+            readonly=readonly,
+            uidvalidity=snapshot.uidvalidity,
+            uids=list(refs),
+            refs=refs,
+            recent=set(claimed) | {m.uid for m in snapshot.messages if m.recent},
+            uid_next=snapshot.uid_next,
+            highest_modseq=snapshot.highest_modseq,
+            snapshot=snapshot,
+        )
+
+    @property
+    def exists(self) -> int:
+        return len(self.uids)
+
+    def seq(self, uid: int) -> int:
+        """The sequence number of ``uid`` (which must be listed)."""
+        return bisect.bisect_left(self.uids, uid) + 1
+
+    def unseen_first(self) -> int | None:
+        """The sequence number of the first message without ``\\Seen`` (RFC 3501 6.3.1 UNSEEN)."""
+        for index, uid in enumerate(self.uids):
+            if "S" not in self.refs[uid].flags:
+                return index + 1
+        return None
+
+    def flags(self, uid: int) -> bytes:
+        return format_flags(self.refs[uid].flags, uid in self.recent)
+
+    def resolve(self, sequence: SequenceSet, by_uid: bool) -> list[tuple[int, int]]:
+        """(seq, uid) of the messages a set names, ascending.
+
+        :raises ParseError: for a sequence number beyond the folder (RFC 3501 6.4.5 says BAD).
+        """
+        uids = self.uids
+        if by_uid:
+            largest = uids[-1] if uids else 0
+            chosen: set[int] = set()
+            for low, high in sequence.resolve(largest):
+                start, end = bisect.bisect_left(uids, low), bisect.bisect_right(uids, high)
+                chosen.update(range(start, end))
+            return [(index + 1, uids[index]) for index in sorted(chosen)]
+        if not uids:
+            if any(low is not None for low, _ in sequence.ranges):
+                raise ParseError("no messages in this folder")
+            return []
+        seqs: set[int] = set()
+        for low, high in sequence.resolve(len(uids)):
+            if high > len(uids):
+                raise ParseError(f"message {high} does not exist")
+            seqs.update(range(low, high + 1))
+        return [(seq, uids[seq - 1]) for seq in sorted(seqs)]
+
+    def update(self, snapshot: FolderSnapshot, announce_expunges: bool, condstore: bool,
+               claimed: Iterable[int] = ()) -> list[bytes]:
+        """Take in the folder as it is now; return the untagged responses that tell the client."""
+        self.recent.update(claimed)
+        lines: list[bytes] = []
+        if snapshot is not self.snapshot:
+            self._merge(snapshot, condstore, lines)
+        if announce_expunges and self.gone:
+            gone = self.gone
+            for seq in sorted((self.seq(uid) for uid in gone), reverse=True):
+                lines.append(b"* %d EXPUNGE" % seq)
+            self.uids = [uid for uid in self.uids if uid not in gone]
+            for uid in gone:
+                self.refs.pop(uid, None)
+                self.recent.discard(uid)
+            self.gone = set()
+        return lines
+
+    def _merge(self, snapshot: FolderSnapshot, condstore: bool, lines: list[bytes]) -> None:
+        refs = self.refs
+        for uid in self.uids:
+            if uid not in self.gone and snapshot.get(uid) is None:
+                self.gone.add(uid)
+        last = self.uids[-1] if self.uids else 0
+        fresh = []
+        for message in snapshot.messages:
+            uid = message.uid
+            known = refs.get(uid)
+            if known is None:
+                if uid > last:
+                    fresh.append(message)
+                continue
+            refs[uid] = message
+            if known.flags != message.flags and uid not in self.gone:
+                modseq = b" MODSEQ (%d)" % message.modseq if condstore and message.modseq else b""
+                lines.append(b"* %d FETCH (UID %d FLAGS %s%s)" % (self.seq(uid), uid, self.flags(uid), modseq))
+        if fresh:
+            for message in fresh:
+                refs[message.uid] = message
+                self.uids.append(message.uid)
+                if message.recent and not self.readonly:
+                    self.recent.add(message.uid)
+            lines.append(b"* %d EXISTS" % len(self.uids))
+            lines.append(b"* %d RECENT" % len(self.recent))
+        self.uid_next = snapshot.uid_next
+        self.highest_modseq = snapshot.highest_modseq
+        self.snapshot = snapshot
+
+    def note_flags(self, refs: Iterable[MessageRef]) -> None:
+        """Record flags this session just stored (the next update then announces nothing for them)."""
+        for ref in refs:
+            if ref.uid in self.refs:
+                self.refs[ref.uid] = ref
+
+    def forget(self, uids: Iterable[int]) -> list[int]:
+        """Drop messages this session expunged itself; return their sequence numbers, descending."""
+        doomed = {uid for uid in uids if uid in self.refs}
+        seqs = sorted((self.seq(uid) for uid in doomed), reverse=True)
+        self.uids = [uid for uid in self.uids if uid not in doomed]
+        for uid in doomed:
+            del self.refs[uid]
+            self.recent.discard(uid)
+            self.gone.discard(uid)
+        return seqs
