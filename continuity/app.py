@@ -151,10 +151,17 @@ def _imap_factory(components: "Components", name: str) -> IProtocolFactory:
                              implicit_tls=name in IMPLICIT_TLS)
 
 
+def _http_factory(components: "Components", name: str) -> IProtocolFactory:
+    from continuity.web.root import build_site
+
+    return build_site(components.config, components.reactor)
+
+
 def _factory_builders() -> dict[str, FactoryBuilder]:
     """The listeners implemented in this release, by config key."""
     return {"smtp": _smtp_factory, "submission": _submission_factory, "submissions": _submission_factory,
-            "pop3": _pop3_factory, "pop3s": _pop3_factory, "imap": _imap_factory, "imaps": _imap_factory}
+            "pop3": _pop3_factory, "pop3s": _pop3_factory, "imap": _imap_factory, "imaps": _imap_factory,
+            "http": _http_factory}
 
 
 def _delivery(components: Components, root: MultiService) -> None:
