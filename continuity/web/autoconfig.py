@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring as parse_untrusted_xml
 from twisted.logger import Logger
-from twisted.web import resource
+from twisted.web import pages, resource
 
 from continuity.envelope import normalise_domain, parse_address
 from continuity.errors import InvalidAddress
@@ -221,6 +221,12 @@ class OutlookAutodiscover(resource.Resource):
         super().__init__()
         self._services = tuple(services)
 
+    def render(self, request) -> bytes:
+        if request.method != b"POST":
+            request.setHeader(b"allow", b"POST")
+            return pages.errorPage(405, "Method Not Allowed", "Autodiscover requests are POSTed.").render(request)
+        return self.render_POST(request)
+
     def render_POST(self, request) -> bytes:
         body = request.content.read() if request.content is not None else b""
         try:
@@ -231,14 +237,3 @@ class OutlookAutodiscover(resource.Resource):
             # Exchange answers errors inside a 200 response; Outlook reads the code there.
             return _xml_reply(request, autodiscover_error(error.code, error.message))
         return _xml_reply(request, autodiscover_settings(self._services, address))
-
-
-class CaseInsensitiveDirectory(resource.Resource):
-    """A directory whose children are found whatever the letter case (``/Autodiscover/Autodiscover.xml``)."""
-
-    def putChild(self, path: bytes, child: resource.IResource) -> None:
-        super().putChild(path.lower(), child)
-
-    def getChild(self, path: bytes, request) -> resource.IResource:
-        child = self.children.get(path.lower())
-        return child if child is not None else resource.NoResource()

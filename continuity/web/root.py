@@ -12,10 +12,10 @@ bounds request bodies: a body above :data:`MAX_BODY` octets is not stored
 
 from __future__ import annotations
 
-from twisted.web import resource, server
+from twisted.web import pages, resource, server
 
 from continuity.config import Config
-from continuity.web.autoconfig import CaseInsensitiveDirectory, MozillaAutoconfig, OutlookAutodiscover
+from continuity.web.autoconfig import MozillaAutoconfig, OutlookAutodiscover
 from continuity.web.listeners import client_services
 
 #: The largest request body accepted (an Autodiscover request is a few hundred octets).
@@ -39,6 +39,27 @@ class _Discarded:
 
     def close(self) -> None:
         pass
+
+
+class Directory(resource.Resource):
+    """A path segment that only holds children; anything else under it is 404."""
+
+    def getChild(self, path: bytes, request) -> resource.IResource:
+        return pages.notFound()
+
+    def render(self, request) -> bytes:
+        return pages.notFound().render(request)
+
+
+class CaseInsensitiveDirectory(Directory):
+    """A directory whose children are found whatever the letter case (``/Autodiscover/Autodiscover.xml``)."""
+
+    def putChild(self, path: bytes, child: resource.IResource) -> None:
+        super().putChild(path.lower(), child)
+
+    def getChild(self, path: bytes, request) -> resource.IResource:
+        child = self.children.get(path.lower())
+        return child if child is not None else pages.notFound()
 
 
 class ContinuityRequest(server.Request):
@@ -69,15 +90,12 @@ class ContinuityRequest(server.Request):
     def render(self, resrc: resource.IResource) -> None:
         self.setHeader(b"server", b"continuity")
         if self.too_large:
-            resrc = resource.ErrorPage(413, "Request Entity Too Large", "The request body is too large.")
+            resrc = pages.errorPage(413, "Request Entity Too Large", "The request body is too large.")
         super().render(resrc)
 
 
-class Root(resource.Resource):
+class Root(Directory):
     """``/``: nothing of its own yet (404); the features are its children."""
-
-    def render_GET(self, request) -> bytes:
-        return resource.NoResource().render(request)
 
 
 def build_root(config: Config) -> Root:
@@ -85,11 +103,11 @@ def build_root(config: Config) -> Root:
     services = client_services(config.server.hostname, config.listen)
     root = Root()
     mozilla = MozillaAutoconfig(services, config.server.hostname)
-    mail = resource.Resource()
+    mail = Directory()
     mail.putChild(b"config-v1.1.xml", mozilla)
     root.putChild(b"mail", mail)
-    well_known = resource.Resource()
-    autoconfig = resource.Resource()
+    well_known = Directory()
+    autoconfig = Directory()
     autoconfig.putChild(b"mail", mail)
     well_known.putChild(b"autoconfig", autoconfig)
     root.putChild(b".well-known", well_known)
