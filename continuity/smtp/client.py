@@ -450,6 +450,8 @@ class SMTPConnection:
 
 
 class _ClientFactory(Factory):
+    noisy = False  # one factory per session: its start/stop lines would double the log
+
     def __init__(self, clock: IReactorTime):
         self.clock = clock
 

@@ -69,7 +69,7 @@ class ConnectionPool:
         tls: TLSMode = TLSMode.OPPORTUNISTIC,
         idle_timeout: float = 5.0,
         max_transactions: int = 100,
-        max_idle: int = 4,
+        max_idle: int = 20,
         run_in_thread: RunInThread | None = None,
     ) -> None:
         """
@@ -79,7 +79,8 @@ class ConnectionPool:
         :param timeout: seconds for the connect and each reply (CONTRACT ``[relay] timeout``).
         :param idle_timeout: seconds an unused session stays open.
         :param max_transactions: messages per session before it is closed.
-        :param max_idle: idle sessions kept per upstream.
+        :param max_idle: idle sessions kept per upstream (Postfix's default destination
+            concurrency: a burst to one upstream finds its sessions open again).
         :param run_in_thread: runs blocking reads of message files off the reactor.
         """
         self._clock = clock
