@@ -36,6 +36,7 @@ LIMITS = LimitsConfig(
     idle_timeout=300,
     connections_per_ip=50,
     auth_failures=10,
+    messages_per_hour=300,
 )
 PEER = IPv4Address("TCP", "192.0.2.7", 40000)
 
@@ -472,6 +473,29 @@ def test_idle_timeout_is_reset_by_traffic():
     client.send(b"NOOP\r\n")
     client.clock.advance(200)
     assert not client.transport.disconnecting
+
+
+def test_idle_timeout_during_data_is_421_and_nothing_is_accepted():
+    """A client silent mid-DATA is closed after idle_timeout with 421; the partial message is not passed on."""
+    client = connect()
+    client.ehlo()
+    client.send(b"MAIL FROM:<bob@example.org>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\nSubject: half\r\n")
+    client.transport.clear()
+    client.clock.advance(301)
+    assert client.replies() == [f"421 4.4.2 {HOST} Error: timeout exceeded"]
+    assert client.transport.disconnecting
+    client.server.connectionLost(protocol.connectionDone)
+    assert client.policy.messages == []
+
+
+def test_connection_lost_during_data_accepts_nothing():
+    """A client that disconnects before <CRLF>.<CRLF> has sent no message: nothing reaches the policy."""
+    client = connect()
+    client.ehlo()
+    client.send(b"MAIL FROM:<bob@example.org>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\nSubject: half\r\n\r\nbo")
+    client.server.connectionLost(protocol.connectionDone)
+    assert client.policy.messages == []
+    assert client.policy.lost == [client.server.session]
 
 
 def test_policy_may_refuse_the_connection():
