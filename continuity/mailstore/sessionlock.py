@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import threading
 
 from continuity.envelope import Address
 from continuity.mailstore.errors import MailstoreError, storage_error
@@ -30,6 +31,7 @@ class SessionLock:
     def __init__(self, fd: int, path: str):
         self._fd: int | None = fd
         self.path = path
+        self._guard = threading.Lock()  # released from the reactor or a worker thread, exactly once
 
     @property
     def held(self) -> bool:
@@ -37,7 +39,8 @@ class SessionLock:
 
     def release(self) -> None:
         """Free the lock (idempotent)."""
-        fd, self._fd = self._fd, None
+        with self._guard:
+            fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
 

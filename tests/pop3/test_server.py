@@ -619,3 +619,27 @@ def test_tcp_nodelay_is_set(factory):
     transport = NoDelayTransport()
     Client(factory, transport=transport)
     assert transport.nodelay is True
+
+
+def test_read_failure_after_ok_closes_the_connection(factory, deliver, store, monkeypatch):
+    """When reading fails after RETR's +OK, no -ERR is mixed into the message: the connection closes."""
+    deliver(M1)
+    client = Client(factory)
+    client.login()
+
+    class Failing:
+        def __init__(self):
+            self.reads = 0
+
+        def read(self, size):
+            self.reads += 1
+            if self.reads > 1:
+                raise OSError(5, "I/O error")
+            return b"Subject: one\r\n"
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(store, "open_message", lambda ref: Failing())
+    lines = client.command("RETR 1")
+    assert lines[0].startswith(b"+OK") and b"-ERR" not in b"".join(lines) and client.closed
