@@ -168,7 +168,7 @@ def _delivery(components: Components, root: MultiService) -> None:
     """Spool, queue runner, agents, failover monitor and recovery."""
     from continuity.delivery.agents import Agents
     from continuity.delivery.runner import QueueRunner
-    from continuity.failover.monitor import FailoverMonitor
+    from continuity.failover.monitor import FailoverMonitor, probe_recipient
     from continuity.failover.recovery import Recovery, RecoveryJournal
     from continuity.smtp.client import hostname_endpoint_factory, probe
     from continuity.smtp.pool import ConnectionPool
@@ -195,9 +195,8 @@ def _delivery(components: Components, root: MultiService) -> None:
 
     async def probe_domain(domain):
         users = await components.sql.run(components.directory.list_users, domain.name)
-        recipient = next((u.address for u in users if u.active), f"postmaster@{domain.name}")
         result = await probe(endpoints_for(str(domain.upstream), config.relay.timeout), config.server.hostname,
-                             recipient, clock=reactor, timeout=config.relay.timeout)
+                             probe_recipient(domain, users), clock=reactor, timeout=config.relay.timeout)
         return result.ok, result.detail
 
     monitor = FailoverMonitor(reactor, components.sql, components.directory, config.relay.probe_interval,

@@ -15,7 +15,7 @@ store says ``emergency`` before any mail is routed as in emergency.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -24,10 +24,19 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from continuity.db import SQLThread
-from continuity.directory.store import Directory, Domain
+from continuity.directory.store import Directory, Domain, User, is_covered
 from continuity.failover.modes import DomainFailover
 
 ProbeFunction = Callable[[Domain], Awaitable[tuple[bool, str]]]
+
+
+def probe_recipient(domain: Domain, users: Sequence[User]) -> str:
+    """Whom the probe's RCPT names (CONTRACT 4: a covered user), else an active user, else postmaster."""
+    for wanted in (lambda u: is_covered(u, domain), lambda u: u.active):
+        for user in users:
+            if wanted(user):
+                return user.address
+    return f"postmaster@{domain.name}"
 
 
 class FailoverMonitor(Service):

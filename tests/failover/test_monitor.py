@@ -14,7 +14,7 @@ from support import EPOCH, DeliveryStack
 from continuity.db import Database
 from continuity.directory.store import Directory
 from continuity.failover.modes import DomainFailover
-from continuity.failover.monitor import FailoverMonitor
+from continuity.failover.monitor import FailoverMonitor, probe_recipient
 from continuity.testing.inline import QueuedThread
 from continuity.testing.upstream import Reply
 
@@ -231,3 +231,14 @@ def test_a_poll_read_before_our_own_write_is_not_taken_for_an_admin_change(tmp_p
     assert rig.monitor.machines["example.com"].mode == "emergency"
     assert rig.recoveries == []
     rig.monitor.stopService()
+
+
+def test_the_probe_names_a_covered_user(stack):
+    """The probe's RCPT is a covered user; without one an active user, then postmaster."""
+    stack.domain(users=["anna@example.com", "bob@example.com"])
+    stack.directory.exclude("anna@example.com")
+    domain = stack.directory.get_domain("example.com")
+    assert probe_recipient(domain, stack.directory.list_users("example.com")) == "bob@example.com"
+    stack.directory.exclude("bob@example.com")
+    assert probe_recipient(domain, stack.directory.list_users("example.com")) == "anna@example.com"
+    assert probe_recipient(domain, []) == "postmaster@example.com"
