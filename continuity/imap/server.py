@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import collections
-import secrets
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -56,6 +54,8 @@ from continuity.imap.parser import (
 )
 from continuity.mailstore import InvalidFlags, InvalidMailboxName, MailboxExists, MailboxNotFound, MailstoreError
 from continuity.mailstore import MailboxRefused, MessageExpunged
+from continuity.pop3.server import ConnectionCounter
+from continuity.smtp.server import new_session_id
 
 POSTAUTH_TIMEOUT = 30 * 60  # RFC 3501 5.4: at least 30 minutes once logged in
 MAX_LINE = 64 * 1024  # one line of a command
@@ -74,29 +74,6 @@ _STORE_CODES: list[tuple[type[MailstoreError], bytes]] = [
     (MailboxRefused, b"[CANNOT]"),
     (MessageExpunged, b"[EXPUNGEISSUED]"),
 ]
-
-
-class Connections:
-    """Counts open connections by key (client IP, or address and IP)."""
-
-    def __init__(self) -> None:
-        self._counts: collections.Counter = collections.Counter()
-
-    def add(self, key: object, limit: int) -> bool:
-        """Count one more for ``key``; False (and not counted) when ``limit`` is reached."""
-        if self._counts[key] >= limit:
-            return False
-        self._counts[key] += 1
-        return True
-
-    def remove(self, key: object) -> None:
-        self._counts[key] -= 1
-        if self._counts[key] <= 0:
-            del self._counts[key]
-
-
-def new_session_id() -> str:
-    return secrets.token_hex(5)
 
 
 class IMAPServer(MailboxCommands, IMAP4Server):
@@ -143,7 +120,7 @@ class IMAPServer(MailboxCommands, IMAP4Server):
             except OSError:
                 pass  # not a TCP socket
         self.log.info("{session_id} imap connect from {peer_ip}", session_id=self.session_id, peer_ip=self.peer_ip)
-        if not self.factory.connections.add(self.peer_ip, self.limits.connections_per_ip):
+        if not self.factory.connections.acquire(self.peer_ip):
             self.log.warn("{session_id} too many connections from {peer_ip}", session_id=self.session_id,
                           peer_ip=self.peer_ip)
             self._send(b"* BYE [UNAVAILABLE] Too many connections from your IP address")
@@ -160,9 +137,9 @@ class IMAPServer(MailboxCommands, IMAP4Server):
         self._close_mailbox()
         if self._counted_ip:
             self._counted_ip = False
-            self.factory.connections.remove(self.peer_ip)
+            self.factory.connections.release(self.peer_ip)
         if self._address_key is not None:
-            self.factory.user_connections.remove(self._address_key)
+            self.factory.user_connections.release(self._address_key)
             self._address_key = None
         if self.account is not None:
             self.account.logout()
@@ -506,7 +483,7 @@ class IMAPServer(MailboxCommands, IMAP4Server):
             login.logout()
             return
         key = (login.address, self.peer_ip)
-        if not self.factory.user_connections.add(key, self.factory.max_user_ip):
+        if not self.factory.user_connections.acquire(key):
             login.logout()
             self.log.warn("{session_id} too many connections for {address} from {peer_ip}",
                           session_id=self.session_id, address=login.address, peer_ip=self.peer_ip)
@@ -536,7 +513,7 @@ class SharedState:
     """What the ``imap`` and ``imaps`` listeners share: the IDLE watcher and user+IP counts."""
 
     watcher: FolderWatcher
-    user_connections: Connections
+    user_connections: ConnectionCounter  # by (address, client IP), like Dovecot's mail_max_userip_connections
 
 
 _SHARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -553,7 +530,7 @@ def shared_state(realm: Any, store: Any, run: Callable[..., defer.Deferred], clo
             return run(store.ensure_mailbox, address).addCallback(lambda _: Account(address))
 
         realm.register(IMAPAccount, account)
-        shared = _SHARED[realm] = SharedState(FolderWatcher(clock, run, store), Connections())
+        shared = _SHARED[realm] = SharedState(FolderWatcher(clock, run, store), ConnectionCounter(MAX_USER_IP_CONNECTIONS))
     return shared
 
 
@@ -569,8 +546,7 @@ class IMAPServerFactory(protocol.ServerFactory):
 
     def __init__(self, *, store: Any, run: Callable[..., defer.Deferred], authenticator: Any, hostname: str,
                  limits: LimitsConfig, require_tls_for_auth: bool, tls_context: Any, clock: IReactorTime,
-                 shared: SharedState | None = None, implicit_tls: bool = False,
-                 max_user_ip: int = MAX_USER_IP_CONNECTIONS):
+                 shared: SharedState | None = None, implicit_tls: bool = False):
         self.store = store
         self.run = run
         self.authenticator = authenticator
@@ -580,12 +556,11 @@ class IMAPServerFactory(protocol.ServerFactory):
         self.tls_context = tls_context
         self.clock = clock
         if shared is None:
-            shared = SharedState(FolderWatcher(clock, run, store), Connections())
+            shared = SharedState(FolderWatcher(clock, run, store), ConnectionCounter(MAX_USER_IP_CONNECTIONS))
         self.watcher = shared.watcher
         self.user_connections = shared.user_connections
         self.implicit_tls = implicit_tls
-        self.connections = Connections()
-        self.max_user_ip = max_user_ip
+        self.connections = ConnectionCounter(limits.connections_per_ip)
 
     def buildProtocol(self, addr: object) -> IMAPServer:
         server = self.protocol(self)
