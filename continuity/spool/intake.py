@@ -21,7 +21,10 @@ from continuity.spool.store import MessageSpool, SpoolEnvelope, new_queue_id
 _MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(.*?)\r?$", re.IGNORECASE | re.MULTILINE)
 
 
-def header_section(message: bytes, limit: int = 65536) -> bytes:
+HEADER_LIMIT = 65536
+
+
+def header_section(message: bytes, limit: int = HEADER_LIMIT) -> bytes:
     """The header section of ``message`` (up to the first empty line, at most ``limit`` bytes)."""
     head = message[:limit]
     for separator in (b"\r\n\r\n", b"\n\n"):
@@ -71,7 +74,8 @@ class MessageIntake:
         envelope = SpoolEnvelope(
             queue_id=queue_id, sender=sender, recipients=tuple(recipients), received=now, direction=direction,
             origin=origin, client=client, auth_user=auth_user,
-            message_id=message_id_of(b"".join(chunks[:2]) if len(chunks) > 1 else chunks[0]),
+            # The header section is at most 64 KiB: never copy a whole message on the reactor to find it.
+            message_id=message_id_of(b"".join(chunk[:HEADER_LIMIT] for chunk in chunks[:2])),
             extra=dict(extra or {}),
         )
         size = await self._io(self._spool.write, envelope, chunks)
