@@ -106,7 +106,7 @@ def append_message(store: Any, address: Any, name: FolderName, message: bytes, l
                    date: int | None) -> tuple[int, int]:
     """APPEND: deliver with a UID now; (UIDVALIDITY, UID) for APPENDUID."""
     ref = store.deliver(address, message, name, letters, internal_date=date, assign_uid=True)
-    return store.folder_status(address, name).uidvalidity, ref.uid
+    return store.uidvalidity(address, name), ref.uid
 
 
 def _pattern(reference: str, pattern: str) -> re.Pattern[str]:

@@ -243,6 +243,13 @@ class MailFolder:
         assert txn.snapshot is not None
         return txn.snapshot
 
+    def uidvalidity(self) -> int:
+        """The folder's UIDVALIDITY, from the cache when there is one (it only changes with a lost uid list)."""
+        state = self._state
+        if state is not None:
+            return state.uidlist.uidvalidity
+        return self.snapshot().uidvalidity
+
     def status(self) -> FolderStatus:
         snapshot = self.snapshot()
         messages = snapshot.messages

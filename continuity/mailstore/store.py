@@ -231,6 +231,11 @@ class MaildirStore:
         with _on_disk(f"status of {address} {folder}"):
             return self._folder(address, folder).status()
 
+    def uidvalidity(self, address: Address, folder: FolderArg) -> int:
+        """The UIDVALIDITY of a folder without listing it again (APPENDUID after :meth:`deliver`)."""
+        with _on_disk(f"reading the UIDVALIDITY of {address} {folder}"):
+            return self._folder(address, folder).uidvalidity()
+
     def find_message(self, address: Address, base: str) -> MessageRef | None:
         """The message with base name ``base`` in any folder (INBOX first), or None.
 

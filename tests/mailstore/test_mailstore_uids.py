@@ -258,3 +258,16 @@ def test_concurrent_processes_unique_uids_no_lost_files(mail_root, alice) -> Non
     assert all(by_base[base] == uid for base, uid in assigned.items())
     bodies = {store.read_message(m) for m in listed}
     assert len(bodies) == 800
+
+
+def test_uidvalidity_is_the_snapshots_without_a_new_listing(tmp_path):
+    """store.uidvalidity names the folder's UIDVALIDITY, the same as a full snapshot's."""
+    from continuity.envelope import parse_address
+    from continuity.mailstore import MaildirStore
+
+    store = MaildirStore(str(tmp_path / "mail"), hostname="test.example")
+    address = parse_address("bob@example.com")
+    ref = store.deliver(address, b"Subject: x\r\n\r\nbody\r\n", assign_uid=True)
+    assert store.uidvalidity(address, "INBOX") == store.snapshot(address).uidvalidity and ref.uid == 1
+    fresh = MaildirStore(str(tmp_path / "mail"), hostname="test.example")
+    assert fresh.uidvalidity(address, "Sent") == fresh.snapshot(address, "Sent").uidvalidity
