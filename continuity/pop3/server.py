@@ -186,15 +186,13 @@ class POP3Server(twisted_pop3.POP3):
     # -- connection -----------------------------------------------------------
 
     def connectionMade(self) -> None:
-        peer = self.transport.getPeer()
-        self.peer_ip = str(getattr(peer, "host", peer))
+        address = self.transport.getPeer()
+        self.peer_ip = str(getattr(address, "host", address))
         self.tls = self.factory.implicit_tls or ISSLTransport.providedBy(self.transport)
-        no_delay = getattr(self.transport, "setTcpNoDelay", None)
-        if no_delay is not None:
-            try:
-                no_delay(True)
-            except OSError:
-                pass  # not a TCP socket
+        try:
+            self.transport.setTcpNoDelay(True)  # replies are small and answer the client's wait
+        except (AttributeError, OSError):
+            pass  # not a TCP connection (a test transport, a UNIX socket)
         self.log.info("{session_id} pop3 connect from {ip}{tls}", session_id=self.session_id, ip=self.peer_ip,
                       tls=" (TLS)" if self.tls else "")
         if not self.factory.connections.acquire(self.peer_ip):
@@ -291,21 +289,21 @@ class POP3Server(twisted_pop3.POP3):
         """Hold further input until ``result`` (a Deferred of a command's work) has fired."""
         if not isinstance(result, defer.Deferred):
             return
+        if result.called:  # done at once: nothing to wait for
+            result.addErrback(self._unexpected, "a command")
+            return
         self._busy = True
-        state = {"synchronous": True}
+        self.setTimeout(None)  # the client waits for us: no idle timeout while we work
+        result.addBoth(self._resume)
 
-        def finished(outcome: object) -> None:
-            self._busy = False
-            if isinstance(outcome, Failure):  # a bug of ours: the handlers answer their errors
-                self._unexpected(outcome, "a command")
-            if not state["synchronous"] and not (self._lost or self._closing):
-                self.setTimeout(self.timeOut)
-                self._process()
-
-        result.addBoth(finished)
-        state["synchronous"] = False
-        if self._busy:
-            self.setTimeout(None)  # the client waits for us: no idle timeout while we work
+    def _resume(self, outcome: object) -> None:
+        """The pending command is answered: go on with the input read meanwhile."""
+        self._busy = False
+        if isinstance(outcome, Failure):  # a bug of ours: the handlers answer their errors
+            self._unexpected(outcome, "a command")
+        if not (self._lost or self._closing):
+            self.setTimeout(self.timeOut)
+            self._process()
 
     def _line(self, line: bytes | object) -> object:
         """One line: a SASL response while AUTH waits for one, else a command."""

@@ -16,32 +16,35 @@ from continuity.envelope import parse_address
 from continuity.mailstore import MaildirStore
 from continuity.pop3.maildrop import Maildrop
 from continuity.pop3.server import POP3ServerFactory
+from continuity.testing.inline import InlineThread
 
 ADDRESS = "bob@example.com"
 PASSWORD = "Secret123"
 
 
-def run_now(fn, *args, **kwargs):
-    """The worker pool, inline: the unit tests drive time with a Clock, not threads."""
-    return defer.maybeDeferred(fn, *args, **kwargs)
-
-
 class ScriptedAuthenticator:
-    """Authenticator.login with one user; ``throttled`` makes every login a temporary refusal."""
+    """Stands in for ``Authenticator.login``: records each attempt, knows one user.
+
+    ``throttled`` turns every attempt into the temporary refusal; the avatar is
+    a fresh, unopened :class:`Maildrop` as the realm would make it.
+    """
 
     def __init__(self, store: MaildirStore):
         self.store = store
         self.throttled = False
         self.attempts: list[tuple[str, str, str]] = []
 
-    def login(self, username, password, peer_ip, interface, service):
-        self.attempts.append((username, peer_ip, service))
+    def _outcome(self, username: str, password: str) -> Login:
         if self.throttled:
-            return defer.fail(LoginThrottled())
-        if username.lower() != ADDRESS or password != PASSWORD:
-            return defer.fail(LoginFailed())
+            raise LoginThrottled()
+        if (username.lower(), password) != (ADDRESS, PASSWORD):
+            raise LoginFailed()
         maildrop = Maildrop(self.store, username)
-        return defer.succeed(Login(address=ADDRESS, avatar=maildrop, logout=maildrop.logout))
+        return Login(address=ADDRESS, avatar=maildrop, logout=maildrop.logout)
+
+    def login(self, username, password, peer_ip, interface, service) -> defer.Deferred:
+        self.attempts.append((username, peer_ip, service))
+        return defer.maybeDeferred(self._outcome, username, password)
 
 
 @implementer(ITLSTransport)
@@ -132,7 +135,8 @@ def make_factory(authenticator, clock):
         limit_overrides = options.pop("limits", {})
         settings = dict(tls_context=object(), require_tls_for_auth=True, clock=clock)
         settings.update(options)
-        return POP3ServerFactory(authenticator, run_now, "pop.example.test", limits(**limit_overrides), **settings)
+        return POP3ServerFactory(authenticator, InlineThread(), "pop.example.test", limits(**limit_overrides),
+                                 **settings)
 
     return make
 

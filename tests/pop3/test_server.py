@@ -327,11 +327,7 @@ def test_dele_takes_effect_only_at_quit(factory, store, deliver):
 def test_disconnect_without_quit_deletes_nothing(factory, store, deliver):
     """A session that ends without QUIT removes nothing and marks nothing seen."""
     deliver(M1)
-    client = Client(factory)
-    client.login()
-    client.command("RETR 1")
-    client.command("DELE 1")
-    client.disconnect()
+    session(factory, "RETR 1", "DELE 1").disconnect()
     (message,) = store.get_messages(parse_address(ADDRESS))
     assert not message.has_flag("S")
 
@@ -347,14 +343,19 @@ def test_rset_unmarks_deleted_messages(client, deliver, store):
     assert len(store.get_messages(parse_address(ADDRESS))) == 1
 
 
+def session(factory, *commands: str) -> Client:
+    """A logged-in session that sends ``commands`` in turn."""
+    client = Client(factory)
+    client.login()
+    for command in commands:
+        client.command(command)
+    return client
+
+
 def test_retr_marks_the_message_seen_at_quit(factory, store, deliver):
     """A message retrieved with RETR gets the Maildir S flag at QUIT, so IMAP shows it read."""
     deliver(M1, M2)
-    client = Client(factory)
-    client.login()
-    client.command("RETR 2")
-    client.command("TOP 1 0")
-    client.command("QUIT")
+    session(factory, "RETR 2", "TOP 1 0", "QUIT")
     first, second = store.get_messages(parse_address(ADDRESS))
     assert second.has_flag("S") and not first.has_flag("S")
 
@@ -362,11 +363,7 @@ def test_retr_marks_the_message_seen_at_quit(factory, store, deliver):
 def test_rset_forgets_retrieved_messages(factory, store, deliver):
     """After RSET a retrieved message is not marked seen (as Dovecot does)."""
     deliver(M1)
-    client = Client(factory)
-    client.login()
-    client.command("RETR 1")
-    client.command("RSET")
-    client.command("QUIT")
+    session(factory, "RETR 1", "RSET", "QUIT")
     assert not store.get_messages(parse_address(ADDRESS))[0].has_flag("S")
 
 

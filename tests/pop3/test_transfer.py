@@ -32,11 +32,12 @@ class ManualPool:
             d.callback(result)
 
 
-def start(message: bytes, monkeypatch, chunk: int = 4):
-    monkeypatch.setattr(transfer_module, "CHUNK", chunk)
+def start(handle, monkeypatch):
+    """A transfer of ``handle`` in 4-octet chunks, opened and sending: (pool, transport, transfer, sent)."""
+    monkeypatch.setattr(transfer_module, "CHUNK", 4)
     pool, transport = ManualPool(), StringTransport()
     transfer = MessageTransfer(transport, pool)
-    opened = defer.Deferred.fromCoroutine(transfer.open(lambda: io.BytesIO(message)))
+    opened = defer.Deferred.fromCoroutine(transfer.open(lambda: handle))
     pool.step()  # open
     pool.step()  # first chunk
     assert opened.called
@@ -46,7 +47,7 @@ def start(message: bytes, monkeypatch, chunk: int = 4):
 
 def test_message_is_read_one_chunk_at_a_time(monkeypatch):
     """Only one chunk is read ahead of what was written: the message is never held whole."""
-    pool, transport, transfer, sent = start(b"0123456789abcdef\r\n", monkeypatch)
+    pool, transport, transfer, sent = start(io.BytesIO(b"0123456789abcdef\r\n"), monkeypatch)
     assert transport.value() == b"0123" and len(pool.pending) == 1
     while pool.pending:
         pool.step()
@@ -55,7 +56,7 @@ def test_message_is_read_one_chunk_at_a_time(monkeypatch):
 
 def test_paused_transport_stops_reading_until_resumed(monkeypatch):
     """While the transport has paused the producer no further chunk is read."""
-    pool, transport, transfer, sent = start(b"0123456789abcdef\r\n", monkeypatch)
+    pool, transport, transfer, sent = start(io.BytesIO(b"0123456789abcdef\r\n"), monkeypatch)
     assert transport.producer is transfer and transport.streaming
     transfer.pauseProducing()
     pool.step()  # the read already asked for completes...
@@ -70,13 +71,7 @@ def test_paused_transport_stops_reading_until_resumed(monkeypatch):
 def test_disconnect_stops_the_transfer_and_closes_the_file(monkeypatch):
     """stopProducing (connection lost) ends the transfer; the file is closed, nothing more is written."""
     handle = io.BytesIO(b"0123456789abcdef\r\n")
-    monkeypatch.setattr(transfer_module, "CHUNK", 4)
-    pool, transport = ManualPool(), StringTransport()
-    transfer = MessageTransfer(transport, pool)
-    defer.Deferred.fromCoroutine(transfer.open(lambda: handle))
-    pool.step()
-    pool.step()
-    sent = defer.Deferred.fromCoroutine(transfer.send())
+    pool, transport, transfer, sent = start(handle, monkeypatch)
     transfer.pauseProducing()
     transfer.stopProducing()
     while pool.pending:
@@ -94,13 +89,7 @@ def test_read_error_mid_way_is_a_transfer_failure(monkeypatch):
             return super().read(size)
 
     handle = Failing(b"0123456789")
-    monkeypatch.setattr(transfer_module, "CHUNK", 4)
-    pool, transport = ManualPool(), StringTransport()
-    transfer = MessageTransfer(transport, pool)
-    defer.Deferred.fromCoroutine(transfer.open(lambda: handle))
-    pool.step()
-    pool.step()
-    sent = defer.Deferred.fromCoroutine(transfer.send())
+    pool, transport, transfer, sent = start(handle, monkeypatch)
     failures = []
     sent.addErrback(failures.append)
     while pool.pending:
