@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -24,9 +25,8 @@ from typing import Any, TypeVar
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorThreads
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.threadpool import ThreadPool
+from twisted.python.failure import Failure
 
 T = TypeVar("T")
 
@@ -190,8 +190,22 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction (``BEGIN IMMEDIATE``): commit on success, roll back on error."""
+        """A write transaction (``BEGIN IMMEDIATE``): commit on success, roll back on error.
+
+        Inside a transaction already open on this thread's connection (a group of
+        :class:`SQLThread` jobs) it is a savepoint: an error undoes only its own changes.
+        """
         conn = self.connection()
+        if conn.in_transaction:
+            conn.execute("SAVEPOINT tx")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK TO tx")
+                conn.execute("RELEASE tx")
+                raise
+            conn.execute("RELEASE tx")
+            return
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
@@ -242,28 +256,102 @@ class Database:
 
 
 class SQLThread(Service):
-    """The single thread all of the service's SQL runs on.
+    """The single thread all of the service's SQL runs on, committing jobs in groups.
 
     One writer thread means the service never contends with itself for SQLite's
-    write lock; reads are quick and queue behind writes in order.
+    write lock. Jobs submitted while the thread is busy run together, in order,
+    in one write transaction, each inside a savepoint (a job that raises undoes
+    only its own changes), and one ``COMMIT`` - one fsync of the WAL with
+    ``synchronous=FULL`` - makes all of them durable. Every job's Deferred fires
+    only after that commit, so a result still means "on disk": ten messages
+    accepted at once cost one fsync, not ten, and one wake-up of the thread and
+    of the reactor instead of ten.
     """
 
     name = "sql"
+    log = Logger()
+    #: Jobs per transaction at most (a group is whatever queued meanwhile, up to this).
+    max_group = 256
 
     def __init__(self, reactor: IReactorThreads, db: Database):
         self._reactor = reactor
         self.db = db
-        self._pool = ThreadPool(minthreads=1, maxthreads=1, name="continuity-sql")
+        self._jobs: deque[tuple[Callable[..., Any], tuple, dict, Deferred]] = deque()
+        self._ready = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        #: Transactions committed so far (tests count them).
+        self.commits = 0
 
     def startService(self) -> None:
         super().startService()
-        self._pool.start()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._work, name="continuity-sql", daemon=True)
+        self._thread.start()
 
     def stopService(self) -> None:
+        """Finish the jobs already submitted, then stop the thread and close the connections."""
         super().stopService()
-        self._pool.stop()
+        with self._ready:
+            self._stopping = True
+            self._ready.notify()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
         self.db.close()
 
     def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Deferred[T]:
-        """Run ``fn(*args, **kwargs)`` on the SQL thread; its result fires the Deferred."""
-        return deferToThreadPool(self._reactor, self._pool, fn, *args, **kwargs)
+        """Run ``fn(*args, **kwargs)`` on the SQL thread; its result fires the Deferred once committed."""
+        d: Deferred[T] = Deferred()
+        with self._ready:
+            self._jobs.append((fn, args, kwargs, d))
+            self._ready.notify()
+        return d
+
+    def _work(self) -> None:
+        while True:
+            with self._ready:
+                while not self._jobs and not self._stopping:
+                    self._ready.wait()
+                if not self._jobs:
+                    return
+                group = [self._jobs.popleft() for _ in range(min(len(self._jobs), self.max_group))]
+            outcomes = self._run_group(group)
+            self._reactor.callFromThread(self._settle, outcomes)
+
+    def _run_group(self, group: list) -> list[tuple[Deferred, bool, Any]]:
+        outcomes: list[tuple[Deferred, bool, Any]] = []
+        try:
+            conn = self.db.connection()
+            conn.execute("BEGIN IMMEDIATE")
+        except Exception:
+            failure = Failure()
+            return [(d, False, failure) for *_, d in group]
+        try:
+            for fn, args, kwargs, d in group:
+                conn.execute("SAVEPOINT job")
+                try:
+                    result = fn(*args, **kwargs)
+                except Exception:
+                    outcomes.append((d, False, Failure()))
+                    conn.execute("ROLLBACK TO job")
+                else:
+                    outcomes.append((d, True, result))
+                conn.execute("RELEASE job")
+            conn.execute("COMMIT")
+            self.commits += 1
+        except Exception:
+            # The transaction itself failed (disk full, I/O error): nothing of it is durable.
+            failure = Failure()
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            return [(d, False, failure) for *_, d in group]
+        return outcomes
+
+    @staticmethod
+    def _settle(outcomes: list[tuple[Deferred, bool, Any]]) -> None:
+        for d, ok, value in outcomes:
+            if ok:
+                d.callback(value)
+            else:
+                d.errback(value)

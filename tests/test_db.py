@@ -1,4 +1,4 @@
-"""The SQLite store: pragmas, versioned migrations on open, old schemas upgraded in place."""
+"""The SQLite store: pragmas, versioned migrations on open, old schemas upgraded in place; the SQL thread's group commit."""
 
 from __future__ import annotations
 
@@ -70,3 +70,95 @@ def test_failed_migration_rolls_back(tmp_path):
     db = Database(path, migrations=MIGRATIONS[:1]).open()
     assert db.schema_version() == 1
     assert not db.read("SELECT name FROM sqlite_master WHERE name = 'extra'")
+
+
+class _ThreadReactor:
+    """Just ``callFromThread``: the SQL thread's results wait here until the test runs them."""
+
+    def __init__(self):
+        import queue
+
+        self.calls = queue.Queue()
+
+    def callFromThread(self, fn, *args, **kwargs):
+        self.calls.put((fn, args, kwargs))
+
+    def run_one(self, timeout: float = 10.0) -> None:
+        fn, args, kwargs = self.calls.get(timeout=timeout)
+        fn(*args, **kwargs)
+
+
+def _sql_thread(tmp_path):
+    from continuity.db import SQLThread
+
+    db = Database(str(tmp_path / "s.db")).open()
+    db.connection().execute("CREATE TABLE t (x INTEGER)")
+    reactor = _ThreadReactor()
+    return SQLThread(reactor, db), reactor, db
+
+
+def _insert(db, value):
+    with db.transaction() as conn:
+        conn.execute("INSERT INTO t VALUES (?)", (value,))
+    return value
+
+
+def _insert_then_fail(db, value):
+    with db.transaction() as conn:
+        conn.execute("INSERT INTO t VALUES (?)", (value,))
+    raise ValueError("refused")
+
+
+def test_jobs_queued_together_commit_once(tmp_path):
+    """Jobs waiting for the SQL thread run in one transaction; each result arrives after its commit."""
+    sql, reactor, db = _sql_thread(tmp_path)
+    results = []
+    for value in (1, 2, 3):
+        sql.run(_insert, db, value).addCallback(results.append)
+    sql.startService()
+    try:
+        reactor.run_one()
+        assert results == [1, 2, 3]
+        assert sql.commits == 1
+        assert [r[0] for r in Database(db.path).read("SELECT x FROM t ORDER BY x")] == [1, 2, 3]
+    finally:
+        sql.stopService()
+
+
+def test_a_failing_job_undoes_only_its_own_changes(tmp_path):
+    """In a group, a job that raises is rolled back to its savepoint; the others commit."""
+    sql, reactor, db = _sql_thread(tmp_path)
+    outcomes = []
+    sql.run(_insert, db, 1).addCallback(outcomes.append)
+    sql.run(_insert_then_fail, db, 2).addErrback(lambda f: outcomes.append(f.trap(ValueError)))
+    sql.run(_insert, db, 3).addCallback(outcomes.append)
+    sql.startService()
+    try:
+        reactor.run_one()
+        assert outcomes == [1, ValueError, 3]
+        assert [r[0] for r in Database(db.path).read("SELECT x FROM t ORDER BY x")] == [1, 3]
+    finally:
+        sql.stopService()
+
+
+def test_a_nested_transaction_is_a_savepoint(tmp_path):
+    """transaction() inside an open transaction rolls back only its own block on error."""
+    db = Database(str(tmp_path / "s.db")).open()
+    db.connection().execute("CREATE TABLE t (x INTEGER)")
+    with db.transaction() as conn:
+        conn.execute("INSERT INTO t VALUES (1)")
+        with pytest.raises(ValueError), db.transaction() as inner:
+            inner.execute("INSERT INTO t VALUES (2)")
+            raise ValueError("refused")
+    assert [r[0] for r in db.read("SELECT x FROM t")] == [1]
+
+
+def test_stopping_finishes_submitted_jobs(tmp_path):
+    """stopService runs what was already submitted before the thread ends."""
+    sql, reactor, db = _sql_thread(tmp_path)
+    sql.startService()
+    results = []
+    sql.run(_insert, db, 7).addCallback(results.append)
+    sql.stopService()
+    reactor.run_one()
+    assert results == [7]
