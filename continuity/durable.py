@@ -50,7 +50,9 @@ def write_file(
         on the same file system. Maildir delivery passes its ``tmp/`` name here.
     :param overwrite: ``False`` publishes with ``link`` so an existing ``path`` is
         never replaced (``FileExistsError`` is raised instead).
-    :param sync_dir: fsync the target directory (and the temporary's, when it differs).
+    :param sync_dir: fsync the target directory. The temporary's directory is not
+        synced: that its entry is gone need not survive a crash (a stale temporary
+        is never read, and the spool and Maildir ``tmp/`` are cleaned of them).
     """
     tmp = tmp_path if tmp_path is not None else f"{path}.tmp.{os.getpid()}"
     fd = os.open(tmp, _TMP_FLAGS, mode)
@@ -72,11 +74,7 @@ def write_file(
             pass
         raise
     if sync_dir:
-        target_dir = os.path.dirname(path) or "."
-        fsync_dir(target_dir)
-        tmp_dir = os.path.dirname(tmp) or "."
-        if os.path.realpath(tmp_dir) != os.path.realpath(target_dir):
-            fsync_dir(tmp_dir)
+        fsync_dir(os.path.dirname(path) or ".")
     return size
 
 
