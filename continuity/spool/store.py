@@ -100,7 +100,13 @@ class MessageSpool:
         return os.path.exists(self.path(queue_id))
 
     def remove(self, queue_id: str) -> bool:
-        return durable.remove_file(self.path(queue_id))
+        """Remove a finished message's file.
+
+        The directory is not fsync'ed: the index already says the message is
+        done, so a file that a crash brings back is removed again at start-up
+        (:meth:`~continuity.spool.intake.MessageIntake.recover_spool`).
+        """
+        return durable.remove_file(self.path(queue_id), sync_dir=False)
 
     def queue_ids(self) -> Iterator[str]:
         with os.scandir(self.messages_dir) as entries:
