@@ -1,5 +1,9 @@
 """``--profile``: sample our server with py-spy while it serves a benchmark round.
 
+Samples are taken of the thread holding the GIL (``--gil``): one Python
+process runs Python on one core at a time, so that is where its throughput
+goes; time in system calls with the GIL released (fsync, socket I/O) is not in
+them, and ``/proc`` CPU (utime + stime) in the table covers it.
 ``py-spy record --pid PID --format raw`` writes collapsed stacks (one line per
 distinct stack with its sample count, the input of flamegraph tools);
 :func:`summary` turns them into the top functions by own time and by
@@ -33,7 +37,7 @@ def recording(pid: int, output: Path | None, rate: int = 200) -> Iterator[None]:
         yield
         return
     process = subprocess.Popen([binary, "record", "--pid", str(pid), "--format", "raw", "--rate", str(rate),
-                                "--nonblocking", "--threads", "--output", str(output)],
+                                "--nonblocking", "--threads", "--gil", "--output", str(output)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         yield
@@ -46,39 +50,44 @@ def recording(pid: int, output: Path | None, rate: int = 200) -> Iterator[None]:
             process.wait()
 
 
-def _frames(stack: str) -> list[str]:
-    # "thread (0x..);func (file.py:12);func2 (file.py:40)" -> function names with their file
-    frames = []
-    for frame in stack.split(";"):
-        name, _, where = frame.partition(" (")
-        file = where.rsplit(":", 1)[0]
-        frames.append(f"{name} ({'/'.join(file.split('/')[-2:])})")
-    return frames
+def _thread(frame: str) -> str:
+    # "thread (18415): PoolThread-continuity-io-6" -> "PoolThread-continuity-io"
+    name = frame.partition("): ")[2] or frame
+    return name.rstrip("0123456789").rstrip("-") or name
 
 
-def summary(raw: Path, top: int = 25) -> str:
-    """The hottest functions of a collapsed-stack file: own samples and inclusive samples."""
-    own: collections.Counter[str] = collections.Counter()
-    inclusive: collections.Counter[str] = collections.Counter()
+def _function(frame: str) -> str:
+    # "send (continuity/smtp/client.py:300)" -> "send (smtp/client.py)"
+    name, _, where = frame.partition(" (")
+    file = where.rsplit(":", 1)[0]
+    return f"{name} ({'/'.join(file.split('/')[-2:])})"
+
+
+def summary(raw: Path, top: int = 20) -> str:
+    """The hottest functions of a collapsed-stack file, per thread: own samples and inclusive samples."""
+    own: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    inclusive: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     threads: collections.Counter[str] = collections.Counter()
-    total = 0
     for line in raw.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
-        if not count.isdigit():
+        if not count.isdigit() or ";" not in stack:
             continue
         samples = int(count)
-        total += samples
-        frames = _frames(stack)
-        threads[frames[0].split(" (")[0]] += samples
-        own[frames[-1]] += samples
-        for frame in set(frames[1:]):
-            inclusive[frame] += samples
+        thread, *frames = stack.split(";")
+        thread = _thread(thread)
+        functions = [_function(frame) for frame in frames]
+        threads[thread] += samples
+        own[thread][functions[-1]] += samples
+        for function in set(functions):
+            inclusive[thread][function] += samples
+    total = sum(threads.values())
     if not total:
         return "no samples\n"
-    lines = [f"{total} samples", "", "by thread:"]
-    lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in threads.most_common(8)]
-    lines += ["", "own time:"]
-    lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in own.most_common(top)]
-    lines += ["", "inclusive:"]
-    lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in inclusive.most_common(top)]
+    lines = [f"{total} samples (percent of all samples)", "", "by thread:"]
+    lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in threads.most_common()]
+    for thread, _ in threads.most_common(3):
+        lines += ["", f"{thread}, own time:"]
+        lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in own[thread].most_common(top)]
+        lines += ["", f"{thread}, inclusive:"]
+        lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in inclusive[thread].most_common(top)]
     return "\n".join(lines) + "\n"
