@@ -1,8 +1,10 @@
 """Composition root: build the whole service from a :class:`~continuity.config.Config`.
 
 ``build_service(config, reactor)`` returns one ``MultiService``: the SQL thread,
-the listeners that exist in this release, and the long-running workers. This is
-the only module that knows how the parts fit together.
+the listeners that exist in this release, and the long-running workers. They
+start in the order they were added and stop one by one in the reverse order
+(:class:`ServiceStack`), so the threads outlive the work that needs them. This
+is the only module that knows how the parts fit together.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Callable
 import attrs
 from twisted.application.service import MultiService, Service
 from twisted.internet import endpoints
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -53,6 +56,27 @@ class Components:
 
 
 FactoryBuilder = Callable[[Components, str], IProtocolFactory]
+
+
+class ServiceStack(MultiService):
+    """A MultiService that stops its children one after another, the last added first.
+
+    Twisted's ``MultiService`` stops all children at once. Here the SQL and I/O
+    threads (added first) must outlive the listeners, the queue runner and the
+    connection pool (added later), whose work in flight still runs on them: a
+    job submitted to a stopped thread never finishes, and shut-down would hang.
+    """
+
+    def stopService(self):
+        Service.stopService(self)
+        return Deferred.fromCoroutine(self._stop_children())
+
+    async def _stop_children(self) -> None:
+        for service in reversed(list(self)):
+            try:
+                await maybeDeferred(service.stopService)
+            except Exception:
+                log.failure("stopping {service} failed", service=service.name)
 
 
 class Listener(Service):
@@ -208,8 +232,6 @@ def _delivery(components: Components, root: MultiService) -> None:
 
         def startService(self):
             super().startService()
-            from twisted.internet.defer import Deferred
-
             d = Deferred.fromCoroutine(intake.recover_spool())
             d.addCallback(lambda counts: log.info("spool: {reindexed} message(s) re-indexed, {removed} finished"
                                                   " removed", reindexed=counts[0], removed=counts[1]))
@@ -218,10 +240,10 @@ def _delivery(components: Components, root: MultiService) -> None:
 
         def stopService(self):
             super().stopService()
-            from twisted.internet.defer import Deferred
-
             return Deferred.fromCoroutine(pool.close())
 
+    # Stopped in the reverse order (ServiceStack): the monitor, then the runner's
+    # deliveries in flight, then the pool they use.
     _Startup().setServiceParent(root)
     runner.setServiceParent(root)
     monitor.setServiceParent(root)
@@ -236,7 +258,7 @@ def build_service(config: Config, reactor) -> MultiService:
         raise StartupError(str(exc)) from None
     except OSError as exc:
         raise StartupError(f"server.data_dir: cannot use {config.data_dir}: {exc.strerror}") from None
-    root = MultiService()
+    root = ServiceStack()
     sql = SQLThread(reactor, db)
     sql.setServiceParent(root)
     cert_path, key_path = tls.resolve_pair(config.tls, config.data_dir, config.server.hostname)

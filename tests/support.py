@@ -100,7 +100,7 @@ class DeliveryStack:
     """
 
     def __init__(self, tmp_path: Path, relay: dict | None = None, smarthost: str = "smarthost.test:25",
-                 recover=None, probe=None):
+                 recover=None, probe=None, concurrency: int = 32):
         from twisted.internet.task import Clock
 
         from continuity.config import parse_config
@@ -136,7 +136,7 @@ class DeliveryStack:
         self.agents = Agents(self.config, self.pool, self.mailstore, self.io, self.directory, clock=self.clock)
         self.agents.intake = self.intake
         self.runner = QueueRunner(self.clock, self.config, self.sql, self.io, self.index, self.spool,
-                                  self.directory, self.agents)
+                                  self.directory, self.agents, concurrency=concurrency)
         self.intake.kick = self.runner.kick
         self.journal = RecoveryJournal(self.db, self.clock.seconds)
         self.recovery = Recovery(self.sql, self.io, self.directory, self.journal, self.mailstore, self.pool)

@@ -17,7 +17,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredSemaphore
+from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -53,6 +53,7 @@ class QueueRunner(Service):
         self.failover = failover
         self._semaphore = DeferredSemaphore(concurrency)
         self._in_flight: set[str] = set()
+        self._deliveries: set[Deferred] = set()
         self._call = None
         self._pass_running: Deferred | None = None
         self._again = False
@@ -64,11 +65,17 @@ class QueueRunner(Service):
         self._schedule(0)
 
     def stopService(self):
+        """Start no more deliveries; the Deferred fires once those in flight have finished.
+
+        Messages still waiting for a delivery slot are left in the queue for
+        the next start (they were not claimed, so nothing is lost or counted).
+        """
         super().stopService()
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
-        return self._pass_running
+        running = [d for d in (self._pass_running, *self._deliveries) if d is not None]
+        return DeferredList(running, consumeErrors=True) if running else None
 
     def _schedule(self, delay: float) -> None:
         if not self.running:
@@ -105,8 +112,19 @@ class QueueRunner(Service):
             return
         if queue_id in self._in_flight or not self.running:
             return
-        d = Deferred.fromCoroutine(self._message(queue_id, None))
+        d = self._start(queue_id, None)
         d.addErrback(lambda f: self.log.failure("delivery of {queue_id} failed", f, queue_id=queue_id))
+
+    def _start(self, queue_id: str, entries: Sequence[QueueEntry] | None) -> Deferred:
+        """Deliver one message; the Deferred is kept until it fires (stopService waits for it)."""
+        d = Deferred.fromCoroutine(self._message(queue_id, entries))
+        self._deliveries.add(d)
+
+        def forget(result):
+            self._deliveries.discard(d)
+            return result
+
+        return d.addBoth(forget)
 
     async def _pass(self) -> None:
         now = self._reactor.seconds()
@@ -115,8 +133,7 @@ class QueueRunner(Service):
         for entry in due:
             if entry.queue_id not in self._in_flight:
                 by_message[entry.queue_id].append(entry)
-        work = [self._semaphore.run(lambda q=q, e=e: Deferred.fromCoroutine(self._message(q, e)))
-                for q, e in by_message.items()]
+        work = [self._semaphore.run(self._start, q, e) for q, e in by_message.items()]
         for d in work:
             try:
                 await d
@@ -130,8 +147,8 @@ class QueueRunner(Service):
         return intervals[min(attempts, len(intervals) - 1)]
 
     async def _message(self, queue_id: str, entries: Sequence[QueueEntry] | None) -> None:
-        if queue_id in self._in_flight:
-            return
+        if queue_id in self._in_flight or not self.running:
+            return  # being delivered already, or stopping: not started, so not claimed
         self._in_flight.add(queue_id)
         try:
             if entries is None:

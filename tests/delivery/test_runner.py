@@ -287,3 +287,22 @@ def test_pending_mail_is_picked_up_by_the_periodic_pass(stack):
     stack.runner.startService()
     stack.clock.advance(0)
     assert stack.queue(queue_id)[0].state == "done"
+
+
+def test_stop_waits_for_deliveries_in_flight_and_starts_no_more(tmp_path):
+    """stopService fires once the delivery in flight is done; a message waiting for a slot is not attempted."""
+    stack = DeliveryStack(tmp_path, concurrency=1)
+    stack.domain()
+    first, second = stack.accept(["bob@example.com"]), stack.accept(["bob@example.com"])  # not running: queued
+    held: Deferred = Deferred()
+    stack.pool.script(UPSTREAM, held)
+    stack.start()
+    stopped = []
+    stack.runner.stopService().addCallback(stopped.append)
+    assert stopped == []
+    held.callback(OK)
+    assert len(stopped) == 1
+    states = {queue_id: stack.queue(queue_id)[0] for queue_id in (first, second)}
+    assert sorted((e.state, e.attempts) for e in states.values()) == [("done", 1), ("queued", 0)]
+    assert len(stack.pool.to(UPSTREAM)) == 1
+    stack.stop()

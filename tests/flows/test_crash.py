@@ -1,9 +1,9 @@
-"""Kill -9 during a load loses no acknowledged message (CONTRACT 4, issue 3: durable spool, at-least-once).
+"""A kill -9 or a SIGTERM during a load loses no acknowledged message (CONTRACT 1 and 4: durable spool).
 
 Several smtplib clients send to the real service while it relays to a slow
 ``smtp-sink`` (it waits a second before answering DATA, so mail piles up in the
-spool); the service is SIGKILLed mid-load and started again on the same
-data_dir. Every message that got its ``250`` must reach the sink; duplicates
+spool); the service is SIGKILLed, or stopped with SIGTERM, mid-load and started
+again on the same data_dir. Every message that got its ``250`` must reach the sink; duplicates
 are allowed (delivery is at-least-once), losses are not.
 """
 
@@ -13,12 +13,14 @@ import re
 import smtplib
 import threading
 
+import pytest
+
 from service import MX, wait_until
 
 from continuity.testing.sink import smtp_sink  # noqa: F401 (fixture)
 
 CLIENTS = 6
-KILL_AFTER = 90  # acknowledged messages
+KILL_AFTER = 90  # acknowledged messages before the stop
 _MESSAGE_ID = re.compile(rb"^Message-ID: <([^>]+)>", re.MULTILINE | re.IGNORECASE)
 
 
@@ -58,29 +60,33 @@ def arrived(sink) -> set[str]:
     return ids
 
 
-def test_sigkill_during_a_load_loses_no_acknowledged_message(tmp_path, smtp_sink):
-    """Every message acknowledged before a SIGKILL reaches the upstream after a restart."""
+@pytest.mark.parametrize("stop", ["SIGKILL", "SIGTERM"])
+def test_a_stop_during_a_load_loses_no_acknowledged_message(tmp_path, smtp_sink, stop):
+    """Every message acknowledged before a SIGKILL, or a SIGTERM (which stops cleanly), reaches the upstream."""
     upstream = smtp_sink("-w", "1")
     mx = MX(tmp_path, relay={"timeout": 5, "retry_intervals": [1, 2]}).start()
     mx.add_domain(upstream.address, "--activation", "manual")
-    stop, lock, acked = threading.Event(), threading.Lock(), []
-    clients = [Client(n, mx.port, stop, acked, lock) for n in range(CLIENTS)]
+    stopped, lock, acked = threading.Event(), threading.Lock(), []
+    clients = [Client(n, mx.port, stopped, acked, lock) for n in range(CLIENTS)]
     for client in clients:
         client.start()
     try:
         wait_until(lambda: len(acked) >= KILL_AFTER, timeout=60, what=f"{KILL_AFTER} acknowledged messages")
-        mx.kill()
+        if stop == "SIGKILL":
+            mx.kill()
+        else:
+            mx.stop()  # within 30 s, cleanly: in-flight deliveries finish, waiting ones stay spooled
     finally:
-        stop.set()
+        stopped.set()
         for client in clients:
             client.join(15)
     with lock:
         acknowledged = set(acked)
     pending = acknowledged - arrived(upstream)
-    assert pending, "every message had arrived before the kill: the test proved nothing"
+    assert pending, "every message had arrived before the stop: the test proved nothing"
     mx.start()
     try:
         wait_until(lambda: not acknowledged - arrived(upstream), timeout=90,
-                   what=f"{len(pending)} acknowledged messages that were spooled at the kill")
+                   what=f"{len(pending)} acknowledged messages that were spooled at the stop")
     finally:
         mx.stop()
