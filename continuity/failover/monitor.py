@@ -125,6 +125,8 @@ class FailoverMonitor(Service):
 
     async def _probe_once(self, domain: Domain) -> None:
         ok, detail = await self._probe(domain)
+        if not self.running:
+            return
         health = "ok" if ok else "failing"
         await self._sql.run(self._directory.set_health, domain.name, health, detail)
         self.log.info("probe of {upstream} for {domain}: {health} ({detail})", upstream=str(domain.upstream),
@@ -212,9 +214,16 @@ class FailoverMonitor(Service):
         try:
             finished = await self._recover(domain)
         except Exception as exc:
+            if not self.running:
+                # Cut short by the shut-down (the pool closed under it): the store still
+                # says recovering, so the next start resumes it from the journal.
+                self.log.info("recovery of {domain} stopped by the shut-down: {error}", domain=domain, error=exc)
+                return
             # Never stay in recovering with nothing running: back to emergency, probed again.
             self.log.failure("recovery of {domain} failed", domain=domain)
             finished, reason = False, f"recovery failed: {exc}"
+        if not self.running:
+            return  # stopping: the next start reads the mode from the store
         machine = self.machines.get(domain)
         if machine is None:
             return

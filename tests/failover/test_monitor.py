@@ -7,6 +7,7 @@ the clock drives time here and no socket works without the real reactor.
 from __future__ import annotations
 
 import pytest
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from support import EPOCH, DeliveryStack
@@ -242,3 +243,23 @@ def test_the_probe_names_a_covered_user(stack):
     stack.directory.exclude("bob@example.com")
     assert probe_recipient(domain, stack.directory.list_users("example.com")) == "anna@example.com"
     assert probe_recipient(domain, []) == "postmaster@example.com"
+
+
+def test_a_recovery_cut_short_by_the_shut_down_resumes_at_the_next_start(tmp_path):
+    """A recovery that fails because the service stops leaves the store in recovering, not emergency."""
+    held: Deferred = Deferred()
+
+    async def recover(name):
+        await held
+        raise RuntimeError("the connection pool is closed")
+
+    first = DeliveryStack(tmp_path)
+    first.domain()
+    first.directory.set_mode("example.com", "recovering", "probe succeeded", automatic=True)
+    first.db.close()
+    stack = DeliveryStack(tmp_path, recover=recover).start()
+    stack.monitor.stopService()
+    held.callback(None)
+    assert stack.directory.get_domain("example.com").mode == "recovering"
+    assert stack.directory.mode_history("example.com")[0].new_mode == "recovering"
+    stack.stop()
