@@ -119,9 +119,11 @@ class Lab:
         if not self.keep:
             shutil.rmtree(self.root, ignore_errors=True)
 
-    @staticmethod
-    def say(text: str) -> None:
-        print(f"bench: {text}", file=sys.stderr, flush=True)
+    _started = time.monotonic()
+
+    @classmethod
+    def say(cls, text: str) -> None:
+        print(f"bench: [{time.monotonic() - cls._started:6.1f}s] {text}", file=sys.stderr, flush=True)
 
 
 def free_port() -> int:
