@@ -88,6 +88,7 @@ def cli(config_file) -> CLI:
 # -- the delivery path on a task.Clock -----------------------------------------
 
 EPOCH = 1_800_000_000.0  # clock time the unit stacks start at (a realistic Unix time)
+UPSTREAM = "upstream.example.com:25"  # DeliveryStack.domain()'s default upstream
 
 
 class DeliveryStack:
@@ -165,7 +166,7 @@ class DeliveryStack:
                 service.stopService()
         self.db.close()
 
-    def domain(self, name: str = "example.com", upstream: str = "upstream.example.com:25", **settings):
+    def domain(self, name: str = "example.com", upstream: str = UPSTREAM, **settings):
         """Host ``name`` with ``users`` (a list of addresses, default bob@) registered."""
         users = settings.pop("users", [f"bob@{name}"])
         domain = self.directory.add_domain(name, upstream, **settings)
@@ -203,3 +204,11 @@ class DeliveryStack:
         from continuity import tracking
 
         return tracking.query(self.db, recipient=recipient)
+
+
+@pytest.fixture
+def stack(tmp_path: Path):
+    """A started :class:`DeliveryStack` (no domain yet), stopped after the test."""
+    stack = DeliveryStack(tmp_path).start()
+    yield stack
+    stack.stop()

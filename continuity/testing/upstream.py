@@ -36,6 +36,8 @@ class Reply:
 OK = Reply()
 #: What the client reports when nothing listens (CONTRACT 4: unreachable is temporary).
 REFUSED = Reply(421, "4.4.1", "connection refused", "connect", remote=False)
+#: A soft refusal of RCPT (temporary: retried, or an automatic failover).
+SOFT = Reply(451, "4.3.0", "Try again later", "RCPT")
 
 
 @attrs.frozen

@@ -9,25 +9,14 @@ from __future__ import annotations
 import email
 import email.policy
 
-import pytest
 from twisted.internet.defer import Deferred
 
-from support import EPOCH, DeliveryStack
+from support import EPOCH, UPSTREAM, DeliveryStack, stack  # noqa: F401 (fixture)
 
-from continuity.testing.upstream import OK, REFUSED, Reply
+from continuity.testing.upstream import OK, REFUSED, SOFT, Reply
 
-UPSTREAM = "upstream.example.com:25"
 SMARTHOST = "smarthost.test:25"
-SOFT = Reply(451, "4.3.0", "Try again later", "RCPT")
 HARD = Reply(550, "5.1.1", "No such user", "RCPT")
-
-
-@pytest.fixture
-def stack(tmp_path):
-    """A started delivery stack with example.com (bob@ registered) relaying to UPSTREAM."""
-    stack = DeliveryStack(tmp_path).start()
-    yield stack
-    stack.stop()
 
 
 def dsn_of(stack: DeliveryStack) -> email.message.EmailMessage:

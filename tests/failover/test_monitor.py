@@ -10,25 +10,14 @@ import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from support import EPOCH, DeliveryStack
+from support import EPOCH, UPSTREAM, DeliveryStack, stack  # noqa: F401 (fixture)
 
 from continuity.db import Database
 from continuity.directory.store import Directory
 from continuity.failover.modes import DomainFailover
 from continuity.failover.monitor import FailoverMonitor, probe_recipient
 from continuity.testing.inline import QueuedThread
-from continuity.testing.upstream import Reply
-
-UPSTREAM = "upstream.example.com:25"
-SOFT = Reply(451, "4.3.0", "Try again later", "RCPT")
-
-
-@pytest.fixture
-def stack(tmp_path):
-    """A started delivery stack; probes answer ``stack.probe_ok`` (False: failing)."""
-    stack = DeliveryStack(tmp_path).start()
-    yield stack
-    stack.stop()
+from continuity.testing.upstream import SOFT
 
 
 def fail_over(stack: DeliveryStack) -> None:

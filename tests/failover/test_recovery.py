@@ -10,14 +10,12 @@ from __future__ import annotations
 import pytest
 from twisted.internet.defer import Deferred
 
-from support import DeliveryStack
+from support import UPSTREAM, DeliveryStack
 
 from continuity.envelope import parse_address
 from continuity.failover.recovery import split_delivery_headers
-from continuity.testing.upstream import Reply
+from continuity.testing.upstream import SOFT, Reply
 
-UPSTREAM = "upstream.example.com:25"
-SOFT = Reply(451, "4.3.0", "Try again later", "RCPT")
 BOB = parse_address("bob@example.com")
 
 

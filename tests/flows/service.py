@@ -89,6 +89,14 @@ class Service:
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
 
+    def stop_cleanly(self) -> None:
+        """Stop with SIGTERM and check it was clean: twistd's exit status, its last words, no traceback."""
+        code = self.stop()
+        log = self.log()
+        # twistd reports the signal that stopped it as its exit status (-SIGTERM) after a clean shut-down.
+        assert code in (0, -15) and "Server Shut Down." in log, log
+        assert "Traceback" not in log, log
+
 
 MESSAGE = (b"From: alice@sender.example\r\nTo: bob@example.com\r\nSubject: hello\r\n"
            b"Message-ID: <m1@sender.example>\r\n\r\nHi Bob.\r\n")
@@ -121,12 +129,8 @@ class MX:
         return self
 
     def stop(self) -> None:
-        """Stop with SIGTERM and check it was clean: twistd's exit status, its last words, no traceback."""
-        code = self.service.stop()
-        log = self.service.log()
-        # twistd reports the signal that stopped it as its exit status (-SIGTERM) after a clean shut-down.
-        assert code in (0, -15) and "Server Shut Down." in log, log
-        assert "Traceback" not in log, log
+        """Stop with SIGTERM and check it was clean (:meth:`Service.stop_cleanly`)."""
+        self.service.stop_cleanly()
 
     def kill(self) -> None:
         self.service.kill()
