@@ -56,20 +56,22 @@ class RecoveryJournal:
 
     def mark(self, domain: str, address: str, kind: str, key: str, state: str) -> None:
         with self.db.transaction() as conn:
-            conn.execute(
-                "INSERT INTO recovery_journal (domain, address, kind, message_key, state, time)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (address, kind, message_key)"
-                " DO UPDATE SET state = excluded.state, time = excluded.time",
-                (domain, address, kind, key, state, self._clock()),
-            )
+            self._mark(conn, domain, address, kind, key, state)
 
-    def redelivered(self, address: str, key: str, detail: str) -> None:
-        self.redelivered_ref(f"{address}/{key}", detail)
+    def _mark(self, conn, domain: str, address: str, kind: str, key: str, state: str) -> None:
+        conn.execute(
+            "INSERT INTO recovery_journal (domain, address, kind, message_key, state, time)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (address, kind, message_key)"
+            " DO UPDATE SET state = excluded.state, time = excluded.time",
+            (domain, address, kind, key, state, self._clock()),
+        )
 
-    def redelivered_ref(self, ref: str, detail: str) -> None:
-        """Tracking rows still ``delayed`` with this ``mailbox_ref`` become ``redelivered``."""
+    def sent(self, domain: str, address: str, kind: str, key: str, ref: str, detail: str) -> None:
+        """Mark the entry ``sent`` and its ``delayed`` tracking rows (by ``mailbox_ref``) ``redelivered``,
+        in one transaction: a crash cannot leave one without the other."""
         now = self._clock()
         with self.db.transaction() as conn:
+            self._mark(conn, domain, address, kind, key, "sent")
             for (tracking_id,) in conn.execute("SELECT id FROM tracking WHERE mailbox_ref = ? AND status = 'delayed'",
                                                (ref,)).fetchall():
                 tracking.record(conn, tracking_id, "redelivered", now, detail)
@@ -148,8 +150,8 @@ class Recovery:
             self.log.warn("upstream refused redelivery of {base} to {address}: {reply}; kept locally",
                           base=ref.base, address=address, reply=str(reply))
             return 0
-        await self._sql.run(self._journal.mark, domain, address, "inbox", ref.base, "sent")
-        await self._sql.run(self._journal.redelivered, address, ref.base, f"{result.upstream} said: {reply}")
+        await self._sql.run(self._journal.sent, domain, address, "inbox", ref.base, f"{address}/{ref.base}",
+                            f"{result.upstream} said: {reply}")
         await self._io(self._mailstore.remove_message, ref)
         await self._sql.run(self._journal.mark, domain, address, "inbox", ref.base, "removed")
         return 1
@@ -175,8 +177,7 @@ class Recovery:
             self.log.warn("upstream refused the CS-SENT copy {key} for {address}: {reply}; kept locally",
                           key=key, address=address, reply=str(reply))
             return 0
-        await self._sql.run(self._journal.mark, domain, address, "cs-sent", key, "sent")
-        await self._sql.run(self._journal.redelivered_ref, cs_sent_ref(key),
+        await self._sql.run(self._journal.sent, domain, address, "cs-sent", key, cs_sent_ref(key),
                             f"CS-SENT copy: {result.upstream} said: {reply}")
         await self._io(self._sent_copies.remove, key)
         await self._sql.run(self._journal.mark, domain, address, "cs-sent", key, "removed")

@@ -1,7 +1,7 @@
 """The hardened POP3 server protocol: parsing, sequencing and limits over a :class:`Maildrop`.
 
 Implements RFC 1939 (POP3: USER/PASS, STAT, LIST, RETR, DELE, NOOP, RSET,
-QUIT, TOP, UIDL), RFC 2449 (CAPA, response codes, PIPELINING, EXPIRE,
+QUIT, TOP, UIDL), RFC 2449 (CAPA, response codes, PIPELINING,
 IMPLEMENTATION, the 255-octet command line), RFC 2595 4 (STLS), RFC 5034
 (AUTH, with PLAIN of RFC 4616 and an initial response) and RFC 3206
 (``[SYS/TEMP]``, ``[AUTH]``). APOP is not offered: it needs the plaintext
@@ -357,7 +357,7 @@ class POP3Server(twisted_pop3.POP3):
 
     def capabilities(self) -> list[str]:
         """The CAPA list (RFC 2449 5, 6): the same in both states, as RFC 2449 5 asks."""
-        caps = ["TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING", "EXPIRE NEVER",
+        caps = ["TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING",
                 "IMPLEMENTATION continuity"]
         if self._can_start_tls():
             caps.append("STLS")
