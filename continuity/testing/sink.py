@@ -236,8 +236,13 @@ class SmtpSink:
         """
         deadline = time.monotonic() + timeout
         while True:
-            paths = sorted(self.dump_dir.iterdir(), key=lambda p: (p.stat().st_mtime_ns, p.name))
-            messages = [m for m in map(self._complete, paths) if m is not None]
+            dated = []
+            for path in self.dump_dir.iterdir():
+                try:
+                    dated.append((path.stat().st_mtime_ns, path.name, path))
+                except FileNotFoundError:
+                    continue  # smtp-sink removes the dump of a transaction the client aborted
+            messages = [m for m in (self._complete(path) for _, _, path in sorted(dated)) if m is not None]
             if len(messages) >= count or time.monotonic() > deadline:
                 return messages
             time.sleep(0.02)
@@ -252,7 +257,7 @@ class SmtpSink:
         """
         try:
             return SinkMessage.parse(path)
-        except ValueError:
+        except (ValueError, FileNotFoundError):
             return None
 
 
