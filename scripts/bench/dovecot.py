@@ -29,15 +29,19 @@ DOVECOT = "/usr/sbin/dovecot"
 class Dovecot(Process):
     """One Dovecot under ``root``; ``users`` maps full addresses to passwords."""
 
-    def __init__(self, root: Path, imap_port: int, pop3_port: int, users: dict[str, str], extra: str = ""):
+    def __init__(self, root: Path, imap_port: int, pop3_port: int, users: dict[str, str], extra: str = "",
+                 hashes: dict[str, str] | None = None):
         """
         :param extra: more configuration appended verbatim (``service imap-login { ... }``...).
+        :param hashes: stored credentials by address, with their scheme (``{ARGON2ID}$argon2id$...``),
+            so Dovecot verifies the same kind of hash as our service; others get ``{PLAIN}password``.
         """
         self.root = root
         self.imap_port = imap_port
         self.pop3_port = pop3_port
         self.users = dict(users)
         self.extra = extra
+        self.hashes = dict(hashes or {})
         self.config = root / "dovecot.conf"
         self.mail_root = root / "mail"
         self.log_path = root / "dovecot.log"
@@ -98,7 +102,8 @@ service pop3-login {{
         os.chmod(self.root, 0o755)
         shutil.chown(self.mail_root, "nobody", "nogroup")
         users = self.root / "users"
-        users.write_text("".join(f"{address}:{{PLAIN}}{password}\n" for address, password in self.users.items()))
+        users.write_text("".join(f"{address}:{self.hashes.get(address) or '{PLAIN}' + password}\n"
+                                 for address, password in self.users.items()))
         os.chmod(users, 0o644)  # read by the auth process, which runs as the dovecot user
         self.config.write_text(self.config_text())
         with open(self.root / "dovecot.out", "wb") as out:

@@ -36,7 +36,7 @@ class Ours(Process):
     """One instance of our service under ``root`` (config, data_dir and log there)."""
 
     def __init__(self, root: Path, ports: dict[str, int], relay: dict | None = None,
-                 limits: dict | None = None):
+                 limits: dict | None = None, tls: dict | None = None, outbound: dict | None = None):
         self.root = root
         self.ports = dict(ports)
         self.config = root / "continuity.toml"
@@ -45,6 +45,8 @@ class Ours(Process):
         self.relay = {"timeout": 30, "probe_interval": 30, "retry_intervals": [5, 30, 60], "max_queue_age": 86400,
                       **(relay or {})}
         self.limits = {"connections_per_ip": 5000, **(limits or {})}
+        self.tls = {"certificate": "", "key": "", "require_tls_for_auth": True, **(tls or {})}
+        self.outbound = {"smarthost": "", "relay_networks": [], **(outbound or {})}
         self.process: subprocess.Popen | None = None
 
     def write_config(self) -> None:
@@ -53,9 +55,9 @@ class Ours(Process):
         self.config.write_text(_toml({
             "server": {"hostname": "mx.bench.test", "data_dir": "var"},
             "listen": listen,
-            "tls": {"certificate": "", "key": "", "require_tls_for_auth": True},
+            "tls": self.tls,
             "relay": self.relay,
-            "outbound": {"smarthost": "", "relay_networks": []},
+            "outbound": self.outbound,
             "limits": self.limits,
         }))
 
