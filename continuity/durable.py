@@ -43,6 +43,7 @@ def write_file(
     overwrite: bool = True,
     mode: int = 0o600,
     sync_dir: bool = True,
+    mtime: float | None = None,
 ) -> int:
     """Write ``chunks`` durably to ``path``; return the size written.
 
@@ -53,12 +54,16 @@ def write_file(
     :param sync_dir: fsync the target directory. The temporary's directory is not
         synced: that its entry is gone need not survive a crash (a stale temporary
         is never read, and the spool and Maildir ``tmp/`` are cleaned of them).
+    :param mtime: the file's modification time (Unix seconds), set before the fsync;
+        for readers that notice a change by mtime alone.
     """
     tmp = tmp_path if tmp_path is not None else f"{path}.tmp.{os.getpid()}"
     fd = os.open(tmp, _TMP_FLAGS, mode)
     try:
         try:
             size = write_chunks(fd, chunks)
+            if mtime is not None:
+                os.utime(fd, (mtime, mtime))
             os.fsync(fd)
         finally:
             os.close(fd)

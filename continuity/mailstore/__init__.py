@@ -9,13 +9,16 @@ synchronous and blocking; run it on a thread pool. Modules:
 - :mod:`~continuity.mailstore.transaction`: changes under a folder's lock
 - :mod:`~continuity.mailstore.uidlist`: the persistent UID file
 - :mod:`~continuity.mailstore.filenames`: Maildir file names and flags
+- :mod:`~continuity.mailstore.keywords`: IMAP keywords and the ``dovecot-keywords`` file
 - :mod:`~continuity.mailstore.names`: folder names and modified UTF-7
 - :mod:`~continuity.mailstore.records`: the frozen values handed out
 """
 
 from continuity.mailstore.errors import (
     InvalidFlags,
+    InvalidKeyword,
     InvalidMailboxName,
+    KeywordLimit,
     MailboxExists,
     MailboxNotFound,
     MailboxRefused,
@@ -23,6 +26,7 @@ from continuity.mailstore.errors import (
     MessageExpunged,
 )
 from continuity.mailstore.filenames import IMAP_FLAGS, normalise_flags
+from continuity.mailstore.keywords import KEYWORDS_NAME, MAX_KEYWORDS, is_valid_keyword
 from continuity.mailstore.mailbox import DEFAULT_SPECIAL_USE
 from continuity.mailstore.names import INBOX_NAME, FolderName, decode_mutf7, encode_mutf7, is_valid_mutf7
 from continuity.mailstore.records import CopyResult, FolderInfo, FolderSnapshot, FolderStatus, MessageRef
@@ -38,7 +42,11 @@ __all__ = [
     "FolderSnapshot",
     "FolderStatus",
     "InvalidFlags",
+    "InvalidKeyword",
     "InvalidMailboxName",
+    "KEYWORDS_NAME",
+    "KeywordLimit",
+    "MAX_KEYWORDS",
     "MailboxExists",
     "MailboxNotFound",
     "MailboxRefused",
@@ -49,6 +57,7 @@ __all__ = [
     "count_messages",
     "decode_mutf7",
     "encode_mutf7",
+    "is_valid_keyword",
     "is_valid_mutf7",
     "normalise_flags",
     "user_root",

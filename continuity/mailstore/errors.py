@@ -61,6 +61,20 @@ class InvalidFlags(MailstoreError):
     enhanced = "5.5.4"
 
 
+class InvalidKeyword(InvalidFlags):
+    """A keyword name that is no IMAP atom (RFC 3501 9 ``flag-keyword``), or too long to create."""
+
+
+class KeywordLimit(MailstoreError):
+    """A new keyword does not fit: a folder holds at most 26 (the Maildir letters ``a``-``z``).
+
+    Permanent for this folder; IMAP answers ``NO [LIMIT]`` (RFC 5530 3).
+    """
+
+    code = 552
+    enhanced = "5.3.4"
+
+
 def storage_error(exc: OSError, action: str) -> MailstoreError:
     """A :class:`MailstoreError` for an ``OSError`` met while doing ``action``.
 

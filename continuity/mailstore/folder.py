@@ -9,14 +9,16 @@ files at any time, so a listing reconciles the directories with the uid list
 of ``new/``, ``cur/`` and the uid list tells when the last listing still holds.
 
 IMAP semantics served here: UIDs and UIDVALIDITY (RFC 3501 2.3.1.1), \\Recent as
-"still in ``new/``" (RFC 3501 2.3.2), modseqs for CONDSTORE (RFC 7162 3.1).
+"still in ``new/``" (RFC 3501 2.3.2), keywords as letters ``a``-``z`` named in
+``dovecot-keywords`` (RFC 3501 2.3.2, :mod:`continuity.mailstore.keywords`),
+modseqs for CONDSTORE (RFC 7162 3.1).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from typing import BinaryIO
 
@@ -26,11 +28,20 @@ from twisted.logger import Logger
 from continuity.durable import fsync_dir, make_dirs, write_chunks
 from continuity.envelope import Address
 from continuity.mailstore.errors import MailboxNotFound, MessageExpunged
-from continuity.mailstore.filenames import MaildirFilename, UniqueNames, base_size, base_time, info_name, sized_base
+from continuity.mailstore.filenames import (
+    MaildirFilename,
+    UniqueNames,
+    base_size,
+    base_time,
+    info_name,
+    normalise_flags,
+    sized_base,
+)
+from continuity.mailstore.keywords import KEYWORDS_NAME, KeywordList, file_identity
 from continuity.mailstore.locks import exclusive_lock
 from continuity.mailstore.names import FolderName
 from continuity.mailstore.records import FolderSnapshot, FolderStatus, MessageRef
-from continuity.mailstore.transaction import FolderTransaction, MessageFile
+from continuity.mailstore.transaction import FlagChange, FolderTransaction, MessageFile
 from continuity.mailstore.uidlist import LOCK_NAME, UIDLIST_NAME, UidList, UidListCorrupt, UidValidityClock
 
 # A directory mtime this close to the scan time may hide a second change made in
@@ -43,11 +54,13 @@ _TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 @attrs.frozen
 class Stamp:
-    """What a cheap stat says about a folder: (inode, mtime) of new/ and cur/, the uid list's identity."""
+    """What a cheap stat says about a folder: (inode, mtime) of new/ and cur/, the uid list's and
+    the keyword file's identity."""
 
     new: tuple[int, int]
     cur: tuple[int, int]
     uidlist: tuple[int, int, int] | None
+    keywords: tuple[int, int, int] | None
 
     @property
     def newest_ns(self) -> int:
@@ -60,6 +73,7 @@ class _State:
     trusted: bool
     uidlist: UidList = attrs.field(eq=False)
     files: Mapping[str, MessageFile] = attrs.field(eq=False)
+    keywords: KeywordList = attrs.field(eq=False)
     snapshot: FolderSnapshot = attrs.field(eq=False)
 
 
@@ -87,6 +101,7 @@ class MailFolder:
         self.names = names
         self._uidvalidities = uidvalidities
         self._uidlist_path = os.path.join(path, UIDLIST_NAME)
+        self.keywords_path = os.path.join(path, KEYWORDS_NAME)
         self._state: _State | None = None
 
     def __repr__(self) -> str:
@@ -100,12 +115,12 @@ class MailFolder:
             cur = os.stat(os.path.join(self.path, "cur"))
         except FileNotFoundError:
             raise MailboxNotFound(f"no such mailbox: {self.name}") from None
-        try:
-            listed = os.stat(self._uidlist_path)
-            uidlist = (listed.st_ino, listed.st_mtime_ns, listed.st_size)
-        except FileNotFoundError:
-            uidlist = None
-        return Stamp((new.st_ino, new.st_mtime_ns), (cur.st_ino, cur.st_mtime_ns), uidlist)
+        return Stamp(
+            (new.st_ino, new.st_mtime_ns),
+            (cur.st_ino, cur.st_mtime_ns),
+            _identity(self._uidlist_path),
+            _identity(self.keywords_path),
+        )
 
     def _scan(self) -> dict[str, MessageFile]:
         """Every message file by base: names only, no per-file stat.
@@ -186,13 +201,16 @@ class MailFolder:
         stamp = self._stamp()
         state = self._state
         if state is not None and state.trusted and state.stamp == stamp:
-            return FolderTransaction(self, state.uidlist.copy(), dict(state.files), stamp, started)
+            return FolderTransaction(
+                self, state.uidlist.copy(), dict(state.files), stamp, started, state.keywords, stamp.keywords
+            )
         uidlist = self._load_uidlist()
+        keywords, keywords_stamp = KeywordList.load(self.keywords_path)
         files = self._scan()
         if any(entry.base not in files for entry in uidlist):
             files = self._scan()  # a rename by another tool may have hidden a file from readdir
         self._merge(uidlist, files)
-        return FolderTransaction(self, uidlist, files, stamp, started)
+        return FolderTransaction(self, uidlist, files, stamp, started, keywords, keywords_stamp)
 
     def _commit(self, txn: FolderTransaction) -> None:
         txn.flush()
@@ -201,9 +219,10 @@ class MailFolder:
         stamp = self._stamp()
         if not txn.touched:
             stamp = attrs.evolve(stamp, new=txn.stamp.new, cur=txn.stamp.cur)  # describe what was scanned
+        stamp = attrs.evolve(stamp, keywords=txn.keywords_stamp)  # the keywords read or written, not a later file
         trusted = stamp.newest_ns < (txn.started - SYNC_SLACK) * 1e9
         txn.snapshot = txn.build_snapshot()
-        self._state = _State(stamp, trusted, txn.uidlist.copy(), dict(txn.files), txn.snapshot)
+        self._state = _State(stamp, trusted, txn.uidlist.copy(), dict(txn.files), txn.keywords, txn.snapshot)
 
     @contextmanager
     def transaction(self) -> Iterator[FolderTransaction]:
@@ -310,20 +329,29 @@ class MailFolder:
         return tmp_path, sized_base(base, size), size
 
     def deliver(
-        self, chunks: Iterable[bytes], flags: str, internal_date: int | None, assign_uid: bool
+        self,
+        chunks: Iterable[bytes],
+        flags: str,
+        internal_date: int | None,
+        assign_uid: bool,
+        keywords: tuple[str, ...] = (),
     ) -> MessageRef:
         """Write a message durably into ``new/`` (``cur/`` when ``flags``); never overwrite a file.
 
-        With ``assign_uid`` (or an ``internal_date``, which must be recorded) the
-        message gets its UID under the folder's lock at once (IMAP APPEND,
-        RFC 4315 APPENDUID); otherwise at the next listing, which keeps SMTP
-        delivery cheap.
+        With ``assign_uid`` (or an ``internal_date``, which must be recorded, or
+        ``keywords``, which need the folder's letters) the message gets its UID
+        under the folder's lock at once (IMAP APPEND, RFC 4315 APPENDUID);
+        otherwise at the next listing, which keeps SMTP delivery cheap.
+
+        :raises KeywordLimit: when a new keyword does not fit (nothing is stored).
         """
         tmp_path, base, size = self._write_temp(chunks, internal_date)
         try:
-            if assign_uid or internal_date is not None:
+            if assign_uid or internal_date is not None or keywords:
                 date = internal_date if internal_date is not None else base_time(base) or int(time.time())
                 with self.transaction() as txn:
+                    if keywords:
+                        flags = normalise_flags(flags + txn.keyword_letters(keywords, create=True))
                     entry = txn.publish(tmp_path, base, flags, date, size)
                     txn.flush()
                     return txn.ref(entry)
@@ -351,16 +379,24 @@ class MailFolder:
         finally:
             _unlink_quietly(tmp_path)
 
-    def change_flags(self, uids: Iterable[int], change: Callable[[str], str]) -> tuple[MessageRef, ...]:
-        """Apply ``change`` to the flags of each existing message of ``uids``; return them as now."""
+    def change_flags(self, uids: Iterable[int], change: FlagChange) -> tuple[MessageRef, ...]:
+        """Apply ``change`` to each existing message of ``uids``; return them as they are now.
+
+        New keywords get their letters first (only when a message is there to carry them).
+
+        :raises KeywordLimit: when a new keyword does not fit (nothing is changed).
+        """
         refs = []
         with self.transaction() as txn:
-            for uid in sorted(set(uids)):
-                entry = txn.uidlist.get(uid)
-                if entry is not None:
-                    entry = txn.change_flags(entry, change)
-                if entry is not None:
-                    refs.append(txn.ref(entry))
+            entries = [entry for entry in (txn.uidlist.get(uid) for uid in sorted(set(uids))) if entry is not None]
+            if not entries:
+                return ()
+            letters = txn.keyword_letters(change.keywords, create=change.mode != "remove")
+            function = change.function(letters, txn.keywords.named_letters())
+            for entry in entries:
+                changed = txn.change_flags(entry, function)
+                if changed is not None:
+                    refs.append(txn.ref(changed))
         return tuple(refs)
 
     def claim_recent(self) -> tuple[int, ...]:
@@ -386,6 +422,13 @@ class MailFolder:
                 return False
             txn.unlink(entry)
             return True
+
+
+def _identity(path: str) -> tuple[int, int, int] | None:
+    try:
+        return file_identity(os.stat(path))
+    except FileNotFoundError:
+        return None
 
 
 def _unlink_quietly(path: str) -> None:

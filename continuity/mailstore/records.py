@@ -21,6 +21,8 @@ class MessageRef:
     ``uid`` and ``modseq`` are None only for a fresh delivery that did not ask for
     a UID (it gets one at the next listing). ``path`` may go stale when another
     session renames the file; :meth:`MailFolder.open` then finds it again by ``base``.
+    ``flags`` are the Maildir info letters; ``keywords`` the names the folder's
+    ``dovecot-keywords`` gives its letters ``a``-``z`` (orphan letters give none).
     """
 
     address: Address
@@ -33,6 +35,7 @@ class MessageRef:
     internal_date: int
     modseq: int | None
     recent: bool
+    keywords: tuple[str, ...] = ()
 
     def has_flag(self, letter: str) -> bool:
         return letter in self.flags
@@ -40,13 +43,19 @@ class MessageRef:
 
 @attrs.frozen
 class FolderSnapshot:
-    """A consistent view of a folder: UIDVALIDITY, UIDNEXT and messages in UID order."""
+    """A consistent view of a folder: UIDVALIDITY, UIDNEXT and messages in UID order.
+
+    ``keywords`` are the folder's defined keywords (RFC 3501 7.2.6 FLAGS);
+    ``keywords_full`` says that no new one fits (no ``\\*`` in PERMANENTFLAGS).
+    """
 
     folder: FolderName
     uidvalidity: int
     uid_next: int
     highest_modseq: int
     messages: tuple[MessageRef, ...]
+    keywords: tuple[str, ...] = ()
+    keywords_full: bool = False
     _by_uid: Mapping[int, MessageRef] = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:

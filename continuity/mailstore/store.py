@@ -9,8 +9,10 @@ Maildir tools may use the same directories at the same time.
 Folder arguments are Unicode names with ``/`` between levels (``"INBOX"``,
 ``"Archive/2024"``), a sequence of parts, or a :class:`FolderName`; see
 :mod:`continuity.mailstore.names` for what is refused. Flags are Maildir info
-letters (:data:`continuity.mailstore.filenames.IMAP_FLAGS` maps IMAP's).
-Messages are stored byte for byte as given.
+letters (:data:`continuity.mailstore.filenames.IMAP_FLAGS` maps IMAP's);
+keywords are names (``$Forwarded``), which each folder maps to its letters
+``a``-``z`` (:mod:`continuity.mailstore.keywords`). Messages are stored byte
+for byte as given.
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ from continuity.errors import InvalidAddress
 from continuity.mailstore.errors import MailstoreError, storage_error
 from continuity.mailstore.filenames import UniqueNames, normalise_flags
 from continuity.mailstore.folder import MailFolder
+from continuity.mailstore.keywords import check_keywords
 from continuity.mailstore.mailbox import DEFAULT_SPECIAL_USE, STAGING_PREFIX, UserMailbox
 from continuity.mailstore.names import INBOX_NAME, FolderName
 from continuity.mailstore.records import CopyResult, FolderInfo, FolderSnapshot, FolderStatus, MessageRef
-from continuity.mailstore.transaction import FolderTransaction
+from continuity.mailstore.transaction import FlagChange, FolderTransaction
 from continuity.mailstore.uidlist import UidValidityClock
 
 FolderArg = str | Sequence[str] | FolderName
@@ -182,6 +185,7 @@ class MaildirStore:
         *,
         internal_date: float | None = None,
         assign_uid: bool = False,
+        keywords: Iterable[str] = (),
     ) -> MessageRef:
         """Store a message durably in a folder of ``address``; on return it survives a crash.
 
@@ -193,16 +197,22 @@ class MaildirStore:
         :param internal_date: IMAP APPEND's date-time (Unix seconds); kept as mtime
             and in the uid list.
         :param assign_uid: give the message its UID now (APPENDUID, RFC 4315 3);
-            implied by ``internal_date``. Without it the UID comes with the next listing.
+            implied by ``internal_date`` and ``keywords``. Without it the UID comes
+            with the next listing.
+        :param keywords: IMAP keywords to give the message (APPEND, RFC 3501 6.3.11);
+            new ones are added to the folder's keyword list.
         :raises MailboxNotFound: for a folder that does not exist (APPEND: TRYCREATE).
+        :raises InvalidKeyword: for a keyword that is no IMAP atom.
+        :raises KeywordLimit: when a new keyword does not fit in the folder (nothing is stored).
         :raises MailstoreError: on disk trouble (452 4.3.1 when the disk is full).
         """
         name = FolderName.parse(folder)
         letters = normalise_flags(flags)
+        names = check_keywords(keywords)
         chunks = [message] if isinstance(message, (bytes, bytearray, memoryview)) else message
         date = None if internal_date is None else int(internal_date)
         with _on_disk(f"delivering to {address} {name}"):
-            return self._folder(address, name).deliver(chunks, letters, date, assign_uid)
+            return self._folder(address, name).deliver(chunks, letters, date, assign_uid, names)
 
     # -- listing and reading -------------------------------------------------------------
 
@@ -275,37 +285,57 @@ class MaildirStore:
     # -- flags ---------------------------------------------------------------------------
 
     def _change_flags(
-        self, address: Address, folder: FolderArg, uids: Iterable[int], change: Callable[[str], str]
+        self,
+        address: Address,
+        folder: FolderArg,
+        uids: Iterable[int],
+        mode: str,
+        flags: str | Iterable[str],
+        keywords: Iterable[str],
     ) -> tuple[MessageRef, ...]:
+        change = FlagChange(mode, normalise_flags(flags), check_keywords(keywords))
         with _on_disk(f"changing flags in {address} {folder}"):
             return self._folder(address, folder).change_flags(uids, change)
 
     def set_flags(
-        self, address: Address, folder: FolderArg, uids: Iterable[int], flags: str | Iterable[str]
+        self,
+        address: Address,
+        folder: FolderArg,
+        uids: Iterable[int],
+        flags: str | Iterable[str],
+        keywords: Iterable[str] = (),
     ) -> tuple[MessageRef, ...]:
-        """Replace the flags of messages (IMAP ``STORE FLAGS``); return them as they are now.
+        """Replace the flags and keywords of messages (IMAP ``STORE FLAGS``); return them as they are now.
 
-        Letters this store does not know (other tools' uppercase flags) are kept.
+        Letters nobody can name are kept: other tools' uppercase flags, and keyword
+        letters without an entry in the folder's keyword list.
+
+        :raises InvalidKeyword: for a keyword that is no IMAP atom.
+        :raises KeywordLimit: when a new keyword does not fit in the folder (nothing is changed).
         """
-        wanted = normalise_flags(flags)
-        known = set("DFPRST" "abcdefghijklmnopqrstuvwxyz")
-        return self._change_flags(
-            address, folder, uids, lambda current: "".join(sorted(set(wanted) | (set(current) - known)))
-        )
+        return self._change_flags(address, folder, uids, "set", flags, keywords)
 
     def add_flags(
-        self, address: Address, folder: FolderArg, uids: Iterable[int], flags: str | Iterable[str]
+        self,
+        address: Address,
+        folder: FolderArg,
+        uids: Iterable[int],
+        flags: str | Iterable[str],
+        keywords: Iterable[str] = (),
     ) -> tuple[MessageRef, ...]:
-        """Add flags to messages (IMAP ``STORE +FLAGS``)."""
-        wanted = set(normalise_flags(flags))
-        return self._change_flags(address, folder, uids, lambda current: "".join(sorted(set(current) | wanted)))
+        """Add flags and keywords to messages (IMAP ``STORE +FLAGS``); raises as :meth:`set_flags`."""
+        return self._change_flags(address, folder, uids, "add", flags, keywords)
 
     def remove_flags(
-        self, address: Address, folder: FolderArg, uids: Iterable[int], flags: str | Iterable[str]
+        self,
+        address: Address,
+        folder: FolderArg,
+        uids: Iterable[int],
+        flags: str | Iterable[str],
+        keywords: Iterable[str] = (),
     ) -> tuple[MessageRef, ...]:
-        """Remove flags from messages (IMAP ``STORE -FLAGS``)."""
-        unwanted = set(normalise_flags(flags))
-        return self._change_flags(address, folder, uids, lambda current: "".join(sorted(set(current) - unwanted)))
+        """Remove flags and keywords from messages (IMAP ``STORE -FLAGS``); an unknown keyword is no error."""
+        return self._change_flags(address, folder, uids, "remove", flags, keywords)
 
     def claim_recent(self, address: Address, folder: FolderArg) -> tuple[int, ...]:
         """Move the folder's ``new/`` messages to ``cur/`` and return their UIDs.
@@ -328,14 +358,17 @@ class MaildirStore:
             return self.mailbox(ref.address).folder(ref.folder).remove(ref.base)
 
     def copy(self, address: Address, source: FolderArg, uids: Iterable[int], destination: FolderArg) -> CopyResult:
-        """Copy messages to another folder (IMAP COPY, RFC 3501 6.4.7) keeping flags and dates."""
+        """Copy messages to another folder (IMAP COPY, RFC 3501 6.4.7) keeping flags, keywords and dates.
+
+        :raises KeywordLimit: when their keywords do not fit in the destination (nothing is copied).
+        """
         return self._transfer(address, source, uids, destination, remove=False)
 
     def move(self, address: Address, source: FolderArg, uids: Iterable[int], destination: FolderArg) -> CopyResult:
         """Move messages to another folder (IMAP MOVE, RFC 6851): link there, then unlink here.
 
         The copies are durable before any original is removed: a crash in between
-        leaves a duplicate, never a loss.
+        leaves a duplicate, never a loss. Keywords go along as :meth:`copy` takes them.
         """
         return self._transfer(address, source, uids, destination, remove=True)
 
@@ -351,12 +384,14 @@ class MaildirStore:
                 for folder in sorted({src.path: src, dst.path: dst}.values(), key=lambda item: item.path):
                     txns[folder.path] = stack.enter_context(folder.transaction())
                 src_txn, dst_txn = txns[src.path], txns[dst.path]
+                found = (src_txn.uidlist.get(uid) for uid in sorted(set(uids)))
+                entries = [entry for entry in found if entry is not None]
+                dst_txn.adopt_keywords(src_txn, entries)
                 mapping = []
-                for uid in sorted(set(uids)):
-                    entry = src_txn.uidlist.get(uid)
-                    copied = None if entry is None else dst_txn.link_from(src_txn, entry)
+                for entry in entries:
+                    copied = dst_txn.link_from(src_txn, entry)
                     if copied is not None:
-                        mapping.append((uid, copied.uid))
+                        mapping.append((entry.uid, copied.uid))
                 if remove:
                     dst_txn.flush()
                     for uid, _ in mapping:

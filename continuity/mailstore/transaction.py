@@ -5,19 +5,23 @@ A :class:`FolderTransaction` holds the folder's uid list and the files found in
 unlink: https://cr.yp.to/proto/maildir.html) and then the uid list, so the two
 agree whenever the transaction ends. A file that another session or tool
 renamed meanwhile is looked up again once; a file that is gone was expunged.
+Keywords (:mod:`continuity.mailstore.keywords`) are resolved to the folder's
+letters here, under the lock, and a new one is written to ``dovecot-keywords``
+before any file carries its letter.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 import attrs
 
 from continuity.durable import fsync_dir, write_file
-from continuity.mailstore.filenames import info_name, sized_base
+from continuity.mailstore.filenames import SYSTEM_FLAGS, info_name, sized_base
+from continuity.mailstore.keywords import KeywordList, check_keywords
 from continuity.mailstore.records import FolderSnapshot, MessageRef
 from continuity.mailstore.uidlist import UidEntry, UidList
 
@@ -26,6 +30,33 @@ if TYPE_CHECKING:
 
 # Hard links refused by the file system (or by protected_hardlinks): copy the bytes instead.
 _NO_HARDLINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, getattr(errno, "EOPNOTSUPP", errno.ENOTSUP)}
+
+
+@attrs.frozen
+class FlagChange:
+    """What STORE asks (RFC 3501 6.4.6): replace (``set``), ``add`` or ``remove`` flags.
+
+    ``letters`` are Maildir info letters, ``keywords`` keyword names (validated,
+    unique ignoring case), resolved to letters in the folder at hand.
+    """
+
+    mode: str  # "set", "add" or "remove"
+    letters: str
+    keywords: tuple[str, ...] = ()
+
+    def function(self, keyword_letters: str, named_letters: str) -> Callable[[str], str]:
+        """The change of a message's letters, once the keywords are ``keyword_letters`` here.
+
+        Replacing keeps the letters nobody can name: other tools' uppercase flags
+        and orphan keyword letters (``named_letters`` are the ones with a name).
+        """
+        wanted = set(self.letters) | set(keyword_letters)
+        if self.mode == "add":
+            return lambda current: "".join(sorted(set(current) | wanted))
+        if self.mode == "remove":
+            return lambda current: "".join(sorted(set(current) - wanted))
+        replaced = set(SYSTEM_FLAGS) | set(named_letters)
+        return lambda current: "".join(sorted(wanted | (set(current) - replaced)))
 
 
 @attrs.frozen
@@ -45,13 +76,22 @@ class FolderTransaction:
     """
 
     def __init__(
-        self, folder: MailFolder, uidlist: UidList, files: dict[str, MessageFile], stamp: Stamp, started: float
+        self,
+        folder: MailFolder,
+        uidlist: UidList,
+        files: dict[str, MessageFile],
+        stamp: Stamp,
+        started: float,
+        keywords: KeywordList,
+        keywords_stamp: tuple[int, int, int] | None,
     ):
         self.folder = folder
         self.uidlist = uidlist
         self.files = files
         self.stamp = stamp
         self.started = started
+        self.keywords = keywords
+        self.keywords_stamp = keywords_stamp
         self.touched = False
         self.snapshot: FolderSnapshot | None = None
         self._dirty: set[str] = set()
@@ -72,6 +112,7 @@ class FolderTransaction:
             internal_date=entry.date,
             modseq=entry.modseq,
             recent=file.subdir == "new",
+            keywords=self.keywords.names_of(file.flags),
         )
 
     def build_snapshot(self) -> FolderSnapshot:
@@ -81,7 +122,59 @@ class FolderTransaction:
             uid_next=self.uidlist.next_uid,
             highest_modseq=self.uidlist.highest_modseq,
             messages=tuple(self.ref(entry) for entry in self.uidlist),
+            keywords=self.keywords.defined,
+            keywords_full=self.keywords.full,
         )
+
+    # -- keywords --------------------------------------------------------------------------
+
+    def keyword_letters(self, names: Iterable[str], create: bool) -> str:
+        """The letters of keywords ``names`` here; with ``create`` the missing ones get a slot first.
+
+        A new keyword is in ``dovecot-keywords`` (durably) before this returns, so no
+        file carries a letter whose name could be lost.
+
+        :raises InvalidKeyword: for a name that is no atom (or too long to create).
+        :raises KeywordLimit: when the new ones do not all fit (then none is created).
+        """
+        names = check_keywords(names)
+        if create and any(self.keywords.letter(name) is None for name in names):
+            named = set(self.keywords.named_letters())
+            orphans = {letter for file in self.files.values() for letter in file.flags
+                       if "a" <= letter <= "z" and letter not in named}
+            extended = self.keywords.extended(names, orphans)
+            self.keywords_stamp = extended.save(self.folder.keywords_path, self.keywords_stamp)
+            added = [name for name in extended.defined if self.keywords.letter(name) is None]
+            self.keywords = extended
+            self.folder.log.info(
+                "new keywords {keywords} in {folder} of {address}",
+                keywords=" ".join(added), folder=str(self.folder.name), address=str(self.folder.address),
+            )
+        letters = (self.keywords.letter(name) for name in names)
+        return "".join(sorted({letter for letter in letters if letter is not None}))
+
+    def adopt_keywords(self, source: FolderTransaction, entries: Iterable[UidEntry]) -> None:
+        """Give this folder every keyword the ``entries`` of ``source`` carry (COPY, MOVE), all or none.
+
+        :raises KeywordLimit: before anything is copied, when they do not fit here.
+        """
+        if source is self:
+            return
+        names: list[str] = []
+        for entry in entries:
+            file = source.files.get(entry.base)
+            if file is not None:
+                names.extend(source.keywords.names_of(file.flags))
+        if names:
+            self.keyword_letters(names, create=True)
+
+    def _translate(self, source: FolderTransaction, flags: str) -> str:
+        """``flags`` of a message of ``source`` with its keyword letters turned into this folder's."""
+        if source is self or not any("a" <= letter <= "z" for letter in flags):
+            return flags
+        kept = [letter for letter in flags if not "a" <= letter <= "z"]
+        mapped = self.keyword_letters(source.keywords.names_of(flags), create=True)
+        return "".join(sorted(set(kept) | set(mapped)))
 
     def _touch(self, *subdirs: str) -> None:
         self.touched = True
@@ -183,23 +276,25 @@ class FolderTransaction:
         """Copy a message of ``source`` in here, keeping its base name when free; None if it vanished.
 
         A hard link shares the (immutable) file; where the file system refuses
-        one, the content is copied durably through ``tmp/``. The internal date
-        is kept (RFC 3501 6.4.7).
+        one, the content is copied durably through ``tmp/``. Flags and internal
+        date are kept (RFC 3501 6.4.7), keywords by name: their letters are this
+        folder's (see :meth:`adopt_keywords`).
         """
         file = source.files.get(entry.base)
         for attempt in range(2):
             if file is None:
                 return None
-            subdir = "cur" if file.flags else file.subdir  # info flags never go into new/
+            flags = self._translate(source, file.flags)
+            subdir = "cur" if flags else file.subdir  # info flags never go into new/
             try:
-                base, linked = self._link_unique(source.path(file), entry.base, subdir, file.flags, entry.size)
+                base, linked = self._link_unique(source.path(file), entry.base, subdir, flags, entry.size)
                 break
             except FileNotFoundError:
                 file = source._relocate(entry) if attempt == 0 else None
             except OSError as exc:
                 if exc.errno not in _NO_HARDLINK:
                     raise
-                base, linked = self._copy_in(source.path(file), entry, subdir, file.flags)
+                base, linked = self._copy_in(source.path(file), entry, subdir, flags)
                 break
         else:
             return None
