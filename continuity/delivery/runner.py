@@ -105,19 +105,24 @@ class QueueRunner(Service):
         self._pass_running.addErrback(lambda f: self.log.failure("queue pass failed", f))
         self._pass_running.addBoth(done)
 
-    def kick(self, queue_id: str | None = None) -> None:
-        """Deliver ``queue_id`` now (just spooled), or run a pass soon."""
+    def kick(self, queue_id: str | None = None, message: tuple[str, bytes] | None = None) -> None:
+        """Deliver ``queue_id`` now (just spooled), or run a pass soon.
+
+        :param message: the sender and the message as spooled, when the caller
+            has them in memory (the intake): no read of the spool file then.
+        """
         if queue_id is None:
             self._schedule(0)
             return
         if queue_id in self._in_flight or not self.running:
             return
-        d = self._start(queue_id, None)
+        d = self._start(queue_id, None, message)
         d.addErrback(lambda f: self.log.failure("delivery of {queue_id} failed", f, queue_id=queue_id))
 
-    def _start(self, queue_id: str, entries: Sequence[QueueEntry] | None) -> Deferred:
+    def _start(self, queue_id: str, entries: Sequence[QueueEntry] | None,
+               message: tuple[str, bytes] | None = None) -> Deferred:
         """Deliver one message; the Deferred is kept until it fires (stopService waits for it)."""
-        d = Deferred.fromCoroutine(self._message(queue_id, entries))
+        d = Deferred.fromCoroutine(self._message(queue_id, entries, message))
         self._deliveries.add(d)
 
         def forget(result):
@@ -146,50 +151,61 @@ class QueueRunner(Service):
         intervals = self._config.relay.retry_intervals
         return intervals[min(attempts, len(intervals) - 1)]
 
-    async def _message(self, queue_id: str, entries: Sequence[QueueEntry] | None) -> None:
+    async def _message(self, queue_id: str, entries: Sequence[QueueEntry] | None,
+                       spooled: tuple[str, bytes] | None = None) -> None:
         if queue_id in self._in_flight or not self.running:
             return  # being delivered already, or stopping: not started, so not claimed
         self._in_flight.add(queue_id)
         try:
-            if entries is None:
-                entries = [e for e in await self._sql.run(self._index.pending, queue_id)
-                           if e.state in ("queued", "deferred")]
-            if not entries:
-                return
             now = self._reactor.seconds()
-            attempts = max(e.attempts for e in entries)
-            await self._sql.run(self._index.claim, [e.id for e in entries], now + self._backoff(attempts))
-            try:
-                envelope, message = await self._io(self._spool.read, queue_id)
-            except FileNotFoundError:
-                self.log.error("spool file of {queue_id} is missing", queue_id=queue_id)
+
+            def claim_and_route() -> list[tuple[QueueEntry, Decision, Domain | None]]:
+                # One trip to the SQL thread: what is due, the attempt counted, where each copy goes.
+                due = entries if entries is not None else [
+                    e for e in self._index.pending(queue_id) if e.state in ("queued", "deferred")]
+                if not due:
+                    return []
+                attempts = max(e.attempts for e in due)
+                self._index.claim([e.id for e in due], now + self._backoff(attempts))
+                return self._lookups(due)
+
+            decisions = await self._sql.run(claim_and_route)
+            if not decisions:
                 return
-            await self._deliver(queue_id, envelope.sender, message, list(entries), rerouted=False)
+            if spooled is None:
+                try:
+                    envelope, message = await self._io(self._spool.read, queue_id)
+                except FileNotFoundError:
+                    self.log.error("spool file of {queue_id} is missing", queue_id=queue_id)
+                    return
+                spooled = (envelope.sender, message)
+            sender, message = spooled
+            await self._deliver(queue_id, sender, message, [entry for entry, _, _ in decisions], rerouted=False,
+                                decisions=decisions)
             if not await self._sql.run(self._index.pending, queue_id):
                 await self._io(self._spool.remove, queue_id)
         finally:
             self._in_flight.discard(queue_id)
 
-    async def _decide(self, entries: Sequence[QueueEntry]) -> list[tuple[QueueEntry, Decision, Domain | None]]:
-        def lookups():
-            result = []
-            domains: dict[str, Domain | None] = {}
-            for entry in entries:
-                if entry.domain not in domains:
-                    domains[entry.domain] = self._directory.find_domain(entry.domain)
-                domain = domains[entry.domain]
-                if entry.direction == "outbound" and domain is None:
-                    result.append((entry, route(None, None), None))
-                    continue
-                user = self._directory.resolve(entry.recipient) if domain is not None else None
-                result.append((entry, route(domain, user), domain))
-            return result
-
-        return await self._sql.run(lookups)
+    def _lookups(self, entries: Sequence[QueueEntry]) -> list[tuple[QueueEntry, Decision, Domain | None]]:
+        """The route of each recipient (on the SQL thread)."""
+        result = []
+        domains: dict[str, Domain | None] = {}
+        for entry in entries:
+            if entry.domain not in domains:
+                domains[entry.domain] = self._directory.find_domain(entry.domain)
+            domain = domains[entry.domain]
+            if entry.direction == "outbound" and domain is None:
+                result.append((entry, route(None, None), None))
+                continue
+            user = self._directory.resolve(entry.recipient) if domain is not None else None
+            result.append((entry, route(domain, user), domain))
+        return result
 
     async def _deliver(self, queue_id: str, sender: str, message: bytes, entries: list[QueueEntry],
-                       rerouted: bool) -> None:
-        decisions = await self._decide(entries)
+                       rerouted: bool, decisions: list | None = None) -> None:
+        if decisions is None:
+            decisions = await self._sql.run(self._lookups, entries)
         relay: dict[str, list[QueueEntry]] = defaultdict(list)
         domains: dict[str, Domain] = {}
         outbound: list[QueueEntry] = []
@@ -244,8 +260,13 @@ class QueueRunner(Service):
         delivered = [o for o in outcomes if o.kind == "delivered"]
         permanent = [o for o in outcomes if o.kind == "permanent"]
         temporary = [o for o in outcomes if o.kind == "temporary"]
+        if delivered:
+            def finish_all() -> None:
+                for outcome in delivered:
+                    self._index.finish([outcome.entry], delivered_status, outcome.detail)
+
+            await self._sql.run(finish_all)
         for outcome in delivered:
-            await self._sql.run(self._index.finish, [outcome.entry], delivered_status, outcome.detail)
             self.log.info("{queue_id} {status} for {recipient}: {detail}", queue_id=queue_id,
                           status=delivered_status, recipient=outcome.entry.recipient, detail=outcome.detail)
         if permanent:

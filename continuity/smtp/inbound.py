@@ -65,6 +65,8 @@ class InboundPolicy:
         self._connections = ConnectionLimit(config.limits.connections_per_ip, config.server.hostname)
         self._networks = config.outbound.relay_networks
         self._senders: dict[str, str] = {}  # session id -> current MAIL FROM, for tracking rejections
+        # session id -> {recipient domain: hosted?} as RCPT found it in this transaction
+        self._hosted: dict[str, dict[str, bool]] = {}
 
     def connection_made(self, session: Session) -> None:
         self._connections.acquire(session)
@@ -72,6 +74,7 @@ class InboundPolicy:
     def connection_lost(self, session: Session) -> None:
         self._connections.release(session)
         self._senders.pop(session.session_id, None)
+        self._hosted.pop(session.session_id, None)
 
     def _may_relay(self, session: Session) -> bool:
         if session.authenticated:
@@ -84,9 +87,17 @@ class InboundPolicy:
 
     def check_sender(self, session: Session, sender: Address | None, parameters: dict) -> None:
         self._senders[session.session_id] = str(sender) if sender is not None else ""
+        self._hosted[session.session_id] = {}
 
     async def check_recipient(self, session: Session, recipient: Address, raw: str, parameters: dict) -> None:
-        domain = await self._sql.run(self._directory.find_domain, recipient.domain)
+        def look_up():
+            # One trip to the SQL thread: the domain, and the user when the mode needs one.
+            domain = self._directory.find_domain(recipient.domain)
+            user = self._directory.resolve(recipient) if domain is not None and domain.mode != "normal" else None
+            return domain, user
+
+        domain, user = await self._sql.run(look_up)
+        self._hosted.setdefault(session.session_id, {})[recipient.domain] = domain is not None
         if domain is None:
             if self._may_relay(session):
                 return None
@@ -94,7 +105,6 @@ class InboundPolicy:
             raise SMTPReply(550, "5.7.1", f"<{raw}>: Relay access denied")
         if domain.mode == "normal":
             return None
-        user = await self._sql.run(self._directory.resolve, recipient)
         if user is None:
             await self._reject(session, recipient, f"user unknown in {domain.mode} mode")
             raise SMTPReply(550, "5.1.1", f"<{raw}>: Recipient address rejected: User unknown")
@@ -109,8 +119,12 @@ class InboundPolicy:
     async def accept_message(self, session: Session, envelope: Envelope, data: bytes) -> str:
         queue_id = new_queue_id(self._clock.seconds())
         recipients = [str(r) for r in envelope.recipients]
-        hosted = await self._sql.run(lambda: {d for d in {r.domain for r in envelope.recipients}
-                                              if self._directory.find_domain(d) is not None})
+        # Whether each recipient is ours was decided at RCPT; ask the store only for what was not.
+        seen = self._hosted.get(session.session_id, {})
+        unseen = {r.domain for r in envelope.recipients} - seen.keys()
+        found = await self._sql.run(lambda: {d: self._directory.find_domain(d) is not None for d in unseen}) \
+            if unseen else {}
+        hosted = {d for d, ours in {**seen, **found}.items() if ours}
         directions = ["inbound" if r.domain in hosted else "outbound" for r in envelope.recipients]
         header = received_header(
             hostname=self._config.server.hostname, helo=session.helo, client_ip=session.peer_ip,

@@ -22,6 +22,8 @@ _MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(.*?)\r?$", re.IGNORECASE | re.MUL
 
 
 HEADER_LIMIT = 65536
+# Messages up to this size are handed to the queue runner from memory.
+HANDOFF_LIMIT = 1024 * 1024
 
 
 def header_section(message: bytes, limit: int = HEADER_LIMIT) -> bytes:
@@ -56,7 +58,7 @@ class MessageIntake:
     """Durable acceptance of new messages."""
 
     def __init__(self, reactor: IReactorTime, sql: SQLThread, io: Callable, spool: MessageSpool,
-                 index: QueueIndex, kick: Callable[[str], None] | None = None):
+                 index: QueueIndex, kick: Callable[[str, tuple[str, bytes] | None], None] | None = None):
         self._reactor = reactor
         self._sql = sql
         self._io = io
@@ -81,7 +83,10 @@ class MessageIntake:
         size = await self._io(self._spool.write, envelope, chunks)
         await self._sql.run(self._index.add, envelope, size, directions)
         if self.kick is not None:
-            self.kick(queue_id)
+            # A small message goes to the runner from memory (no read of the file just
+            # written); a large one is read back on an I/O thread, not joined here.
+            small = size <= HANDOFF_LIMIT
+            self.kick(queue_id, (sender, b"".join(chunks)) if small else None)
         return queue_id
 
     async def recover_spool(self) -> tuple[int, int]:

@@ -31,7 +31,7 @@ class Parts:
         self.index = QueueIndex(self.db, clock=self.clock.seconds)
         self.kicked: list[str] = []
         self.intake = MessageIntake(self.clock, InlineThread(), InlineThread(), self.spool, self.index,
-                                    self.kicked.append)
+                                    lambda queue_id, message: self.kicked.append(queue_id))
 
     def run(self, coroutine):
         results = []
