@@ -17,7 +17,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from continuity.imap.fetch import FetchItem, FetchPlan, Row, batches, parse_fetch, render_batch
-from continuity.imap.mailbox import SYSTEM_FLAGS, FolderView, flag_letters
+from continuity.imap.mailbox import FolderView, parse_flags
 from continuity.imap.parser import (
     Atom,
     ParseError,
@@ -30,11 +30,13 @@ from continuity.imap.parser import (
     quote,
 )
 from continuity.imap.search import BadCharset, Candidate, compile_search, run_search
-from continuity.mailstore import INBOX_NAME, FolderName, InvalidMailboxName, MailboxNotFound
+from continuity.mailstore import INBOX_NAME, FolderName, InvalidMailboxName, KeywordLimit, MailboxNotFound
 
 AUTH = ("auth", "select")
 SELECTED = ("select",)
 _STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ", "SIZE")
+# RFC 5530 3: a new keyword beyond the folder's 26 (the Maildir letters a-z); nothing was changed.
+_KEYWORD_LIMIT = b"[LIMIT] Too many keywords in this mailbox (at most 26)"
 
 
 class Refusal(Exception):
@@ -88,8 +90,8 @@ def expunge_deleted(store: Any, address: Any, name: FolderName, only: set[int] |
 
 
 def store_flags(store: Any, address: Any, name: FolderName, uids: list[int], mode: str, letters: str,
-                unchanged_since: int | None) -> tuple:
-    """STORE: change flags, skipping messages modified since ``unchanged_since`` (RFC 7162 3.1.3)."""
+                keywords: tuple[str, ...], unchanged_since: int | None) -> tuple:
+    """STORE: change flags and keywords, skipping messages modified since ``unchanged_since`` (RFC 7162 3.1.3)."""
     modified: list[int] = []
     if unchanged_since is not None:
         snapshot = store.snapshot(address, name)
@@ -99,13 +101,13 @@ def store_flags(store: Any, address: Any, name: FolderName, uids: list[int], mod
             (modified if ref is not None and (ref.modseq or 0) > unchanged_since else keep).append(uid)
         uids = keep
     change = {"": store.set_flags, "+": store.add_flags, "-": store.remove_flags}[mode]
-    return (change(address, name, uids, letters) if uids else ()), modified
+    return (change(address, name, uids, letters, keywords) if uids else ()), modified
 
 
 def append_message(store: Any, address: Any, name: FolderName, message: bytes, letters: str,
-                   date: int | None) -> tuple[int, int]:
+                   keywords: tuple[str, ...], date: int | None) -> tuple[int, int]:
     """APPEND: deliver with a UID now; (UIDVALIDITY, UID) for APPENDUID."""
-    ref = store.deliver(address, message, name, letters, internal_date=date, assign_uid=True)
+    ref = store.deliver(address, message, name, letters, internal_date=date, assign_uid=True, keywords=keywords)
     return store.uidvalidity(address, name), ref.uid
 
 
@@ -259,8 +261,7 @@ class MailboxCommands:
         view = FolderView.open(snapshot, readonly, claimed)
         self.view, self.state = view, "select"
         lines = [
-            b"* FLAGS (" + SYSTEM_FLAGS + b")",
-            b"* OK [PERMANENTFLAGS (" + (b"" if readonly else SYSTEM_FLAGS) + b")] Flags permitted",
+            *view.flags_responses(),
             b"* %d EXISTS" % view.exists,
             b"* %d RECENT" % len(view.recent),
         ]
@@ -398,10 +399,10 @@ class MailboxCommands:
         if not 2 <= len(args) <= 4 or not isinstance(args[-1], bytes) or isinstance(args[-1], Atom):
             raise ParseError("APPEND takes a mailbox, optional flags and date, and a literal")
         name = self._folder(args[0])
-        letters, date = "", None
+        letters, keywords, date = "", (), None
         for extra in args[1:-1]:
             if isinstance(extra, list):
-                letters = flag_letters(astring(flag) for flag in extra)
+                letters, keywords = parse_flags(astring(flag) for flag in extra)
             else:
                 date = parse_date_time(extra)
         message = args[-1]
@@ -411,9 +412,11 @@ class MailboxCommands:
             raise Refusal(b"[TOOBIG] Message too big")
         try:
             uidvalidity, uid = await self.run(append_message, self.store, self.address, name, message, letters,
-                                              date)
+                                              keywords, date)
         except MailboxNotFound:
             raise Refusal(b"[TRYCREATE] No such mailbox") from None
+        except KeywordLimit:
+            raise Refusal(_KEYWORD_LIMIT) from None
         await self._ok(tag, b"[APPENDUID %d %d] APPEND completed" % (uidvalidity, uid))
 
     async def _cmd_namespace(self, tag: bytes, args: list) -> None:
@@ -575,7 +578,7 @@ class MailboxCommands:
                 self.transport.unregisterProducer()
         return missing
 
-    def _store_args(self, args: list) -> tuple[SequenceSet, int | None, str, bool, str]:
+    def _store_args(self, args: list) -> tuple[SequenceSet, int | None, str, bool, str, tuple[str, ...]]:
         if len(args) < 3:
             raise ParseError("STORE takes a sequence set, an item and flags")
         sequence = SequenceSet.parse(args[0])
@@ -594,21 +597,24 @@ class MailboxCommands:
         if match is None:
             raise ParseError(f"unknown STORE item {item[:20]}")
         flags = rest[1] if len(rest) == 2 and isinstance(rest[1], list) else rest[1:]
-        letters = flag_letters(astring(flag) for flag in flags)
-        return sequence, unchanged_since, match.group(1), bool(match.group(2)), letters
+        letters, keywords = parse_flags(astring(flag) for flag in flags)
+        return sequence, unchanged_since, match.group(1), bool(match.group(2)), letters, keywords
 
     async def _cmd_store(self, tag: bytes, args: list, by_uid: bool = False) -> None:
-        sequence, unchanged_since, mode, silent, letters = self._store_args(args)
+        sequence, unchanged_since, mode, silent, letters, keywords = self._store_args(args)
         view = self._require_writable()
         pairs = view.resolve(sequence, by_uid)
         if unchanged_since is not None:
             self.condstore = True
         uids = [uid for _, uid in pairs if uid not in view.gone]
-        refs, modified = await self.run(store_flags, self.store, self.address, view.name, uids, mode, letters,
-                                        unchanged_since)
+        try:
+            refs, modified = await self.run(store_flags, self.store, self.address, view.name, uids, mode, letters,
+                                            keywords, unchanged_since)
+        except KeywordLimit:
+            raise Refusal(_KEYWORD_LIMIT, by_uid) from None
         if self.view is view:
             view.note_flags(refs)
-            lines = []
+            lines = view.learn_keywords(refs)  # RFC 3501 7.2.6: a new keyword's FLAGS before its FETCH
             for ref in refs:
                 parts = [] if silent else [b"FLAGS " + view.flags(ref.uid)]
                 if by_uid:
@@ -638,6 +644,8 @@ class MailboxCommands:
             result = await self.run(operation, self.address, view.name, uids, destination)
         except MailboxNotFound:
             raise Refusal(b"[TRYCREATE] No such mailbox") from None
+        except KeywordLimit:
+            raise Refusal(_KEYWORD_LIMIT) from None
         code = b""
         if result.mapping:
             code = b"[COPYUID %d %s %s] " % (result.uidvalidity, compress(result.source_uids).encode(),

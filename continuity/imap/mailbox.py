@@ -2,11 +2,12 @@
 
 The mail store (:mod:`continuity.mailstore`) knows UIDs, Maildir flags and
 modseqs; this module adds what only an IMAP session has (RFC 3501 2.3.1.2):
-message sequence numbers, the session's ``\\Recent`` set, and which changes
-made by other sessions or tools it has not announced yet. :meth:`FolderView.update`
-turns a fresh :class:`~continuity.mailstore.FolderSnapshot` into the untagged
+message sequence numbers, the session's ``\\Recent`` set, the keywords it has
+announced, and which changes made by other sessions or tools it has not
+announced yet. :meth:`FolderView.update` turns a fresh
+:class:`~continuity.mailstore.FolderSnapshot` into the untagged ``FLAGS``,
 ``EXPUNGE``, ``EXISTS``, ``RECENT`` and ``FETCH (FLAGS ...)`` responses
-(RFC 3501 7.3.1, 7.4.1, 7.4.2; RFC 7162 3.2 for ``MODSEQ``).
+(RFC 3501 7.2.6, 7.3.1, 7.4.1, 7.4.2; RFC 7162 3.2 for ``MODSEQ``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from zope.interface import Interface, implementer
 
 from continuity.envelope import Address
 from continuity.imap.parser import ParseError, SequenceSet
-from continuity.mailstore import FolderName, FolderSnapshot, MessageRef
+from continuity.mailstore import MAX_KEYWORDS, FolderName, FolderSnapshot, MessageRef, is_valid_keyword
 
 #: Maildir info letters <-> IMAP system flags (RFC 3501 2.3.2), as Dovecot maps them.
 LETTER_TO_FLAG = {"D": b"\\Draft", "F": b"\\Flagged", "R": b"\\Answered", "S": b"\\Seen", "T": b"\\Deleted"}
@@ -42,29 +43,46 @@ class Account:
         """Nothing to release: sessions hold no locks between commands."""
 
 
-def flag_letters(flags: Iterable[bytes]) -> str:
-    """Maildir letters for IMAP flags; keywords and ``\\Recent`` are not stored (not in PERMANENTFLAGS).
+def parse_flags(flags: Iterable[bytes]) -> tuple[str, tuple[str, ...]]:
+    """IMAP flags as (Maildir letters of the system flags, keyword names); ``\\Recent`` is not stored.
 
-    :raises ParseError: for a flag that is not an atom.
+    :raises ParseError: for an unknown system flag or a keyword that is no atom (RFC 3501 9).
     """
     letters = set()
+    keywords: dict[str, str] = {}
     for flag in flags:
-        name = flag.decode("latin-1").upper()
+        text = flag.decode("latin-1")
+        name = text.upper()
         if name.startswith("\\"):
             letter = FLAG_TO_LETTER.get(name)
             if letter is None and name != "\\RECENT":
-                raise ParseError(f"unknown system flag {flag.decode('latin-1')}")
+                raise ParseError(f"unknown system flag {text[:40]}")
             if letter:
                 letters.add(letter)
-    return "".join(sorted(letters))
+        elif is_valid_keyword(text):
+            keywords.setdefault(text.lower(), text)  # RFC 3501 2.3.2: keywords are case-insensitive
+        else:
+            raise ParseError(f"invalid keyword {text[:40]!r}")
+    return "".join(sorted(letters)), tuple(keywords.values())
 
 
-def format_flags(letters: str, recent: bool = False) -> bytes:
-    """``(\\Seen \\Flagged)`` for Maildir letters."""
+def format_flags(letters: str, keywords: Iterable[str] = (), recent: bool = False) -> bytes:
+    """``(\\Seen \\Flagged $Forwarded)`` for Maildir letters and keyword names."""
     names = [LETTER_TO_FLAG[letter] for letter in letters if letter in LETTER_TO_FLAG]
+    names.extend(keyword.encode("ascii") for keyword in keywords)
     if recent:
         names.append(b"\\Recent")
     return b"(" + b" ".join(names) + b")"
+
+
+def flags_responses(keywords: Iterable[str], readonly: bool, full: bool) -> list[bytes]:
+    """``* FLAGS`` and ``* OK [PERMANENTFLAGS]`` of a folder (RFC 3501 7.2.6, 7.1).
+
+    ``\\*`` says new keywords may be created: not read-only, and room left in the folder.
+    """
+    defined = SYSTEM_FLAGS + b"".join(b" " + keyword.encode("ascii") for keyword in keywords)
+    permanent = b"" if readonly else defined + (b"" if full else b" \\*")
+    return [b"* FLAGS (" + defined + b")", b"* OK [PERMANENTFLAGS (" + permanent + b")] Flags permitted"]
 
 
 @attrs.define
@@ -85,6 +103,8 @@ class FolderView:
     uid_next: int
     highest_modseq: int
     snapshot: FolderSnapshot
+    keywords: list[str]
+    keywords_full: bool
     gone: set[int] = attrs.Factory(set)
 
     @classmethod
@@ -100,6 +120,8 @@ class FolderView:
             uid_next=snapshot.uid_next,
             highest_modseq=snapshot.highest_modseq,
             snapshot=snapshot,
+            keywords=list(snapshot.keywords),
+            keywords_full=snapshot.keywords_full,
         )
 
     @property
@@ -118,7 +140,28 @@ class FolderView:
         return None
 
     def flags(self, uid: int) -> bytes:
-        return format_flags(self.refs[uid].flags, uid in self.recent)
+        ref = self.refs[uid]
+        return format_flags(ref.flags, ref.keywords, uid in self.recent)
+
+    def flags_responses(self) -> list[bytes]:
+        """``FLAGS`` and ``PERMANENTFLAGS`` as SELECT sends them, with the keywords known now."""
+        return flags_responses(self.keywords, self.readonly, self.keywords_full)
+
+    def learn_keywords(self, refs: Iterable[MessageRef]) -> list[bytes]:
+        """Take in keywords ``refs`` carry; new ones are announced with ``FLAGS`` (RFC 3501 7.2.6)
+        before any ``FETCH`` shows them."""
+        known = {keyword.lower() for keyword in self.keywords}
+        fresh: list[str] = []
+        for ref in refs:
+            for keyword in ref.keywords:
+                if keyword.lower() not in known:
+                    known.add(keyword.lower())
+                    fresh.append(keyword)
+        if not fresh:
+            return []
+        self.keywords.extend(fresh)
+        self.keywords_full = self.keywords_full or len(self.keywords) >= MAX_KEYWORDS
+        return self.flags_responses()
 
     def resolve(self, sequence: SequenceSet, by_uid: bool) -> list[tuple[int, int]]:
         """(seq, uid) of the messages a set names, ascending.
@@ -150,6 +193,11 @@ class FolderView:
         self.recent.update(claimed)
         lines: list[bytes] = []
         if snapshot is not self.snapshot:
+            known = {keyword.lower() for keyword in self.keywords}
+            self.keywords_full = snapshot.keywords_full
+            if any(keyword.lower() not in known for keyword in snapshot.keywords):
+                self.keywords = list(snapshot.keywords)
+                lines.extend(self.flags_responses())
             self._merge(snapshot, condstore, lines)
         if announce_expunges and self.gone:
             gone = self.gone
@@ -177,7 +225,7 @@ class FolderView:
                     fresh.append(message)
                 continue
             refs[uid] = message
-            if known.flags != message.flags and uid not in self.gone:
+            if (known.flags != message.flags or known.keywords != message.keywords) and uid not in self.gone:
                 modseq = b" MODSEQ (%d)" % message.modseq if condstore and message.modseq else b""
                 lines.append(b"* %d FETCH (UID %d FLAGS %s%s)" % (self.seq(uid), uid, self.flags(uid), modseq))
         if fresh:

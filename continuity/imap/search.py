@@ -150,8 +150,9 @@ class _Compiler:
         if name == "OLD":
             return lambda c: not c.recent
         if name in ("KEYWORD", "UNKEYWORD"):
-            self.next(position)
-            return (lambda c: False) if name == "KEYWORD" else (lambda c: True)  # no keywords are stored
+            keyword = astring(self.next(position)).decode("latin-1").lower()  # RFC 3501 2.3.2: any case
+            wanted = name == "KEYWORD"
+            return lambda c: any(k.lower() == keyword for k in c.ref.keywords) == wanted
         if name in ("LARGER", "SMALLER"):
             size = number(self.next(position))
             return (lambda c: c.ref.size > size) if name == "LARGER" else (lambda c: c.ref.size < size)

@@ -53,7 +53,7 @@ from continuity.imap.parser import (
     valid_tag,
 )
 from continuity.mailstore import InvalidFlags, InvalidMailboxName, MailboxExists, MailboxNotFound, MailstoreError
-from continuity.mailstore import MailboxRefused, MessageExpunged
+from continuity.mailstore import KeywordLimit, MailboxRefused, MessageExpunged
 from continuity.pop3.server import ConnectionCounter
 from continuity.smtp.server import new_session_id
 
@@ -73,6 +73,7 @@ _STORE_CODES: list[tuple[type[MailstoreError], bytes]] = [
     (MailboxExists, b"[ALREADYEXISTS]"),
     (MailboxRefused, b"[CANNOT]"),
     (MessageExpunged, b"[EXPUNGEISSUED]"),
+    (KeywordLimit, b"[LIMIT]"),
 ]
 
 

@@ -13,7 +13,7 @@ import time
 import pytest
 from imap_service import PASSWORD, IMAPService, insecure_context, message
 
-USERS = ("surface", "tls", "folders", "idle", "race", "store", "condstore", "search")
+USERS = ("surface", "tls", "folders", "idle", "race", "store", "condstore", "search", "keywords")
 
 
 @pytest.fixture(scope="module")
@@ -215,6 +215,28 @@ def test_store_flags_are_seen_by_other_sessions_and_tools(mx):
     assert len(files) == 1 and files[0].name.endswith(":2,RS")
     a.logout()
     b.logout()
+
+
+def test_keywords_persist_across_sessions(mx):
+    """$Forwarded and $Junk stored in one session are in FLAGS, FETCH and SEARCH after reconnecting, and on disk."""
+    mx.deliver("keywords", message("forwarded and junk"))
+    mx.deliver("keywords", message("plain"))
+    client = mx.imaps("keywords")
+    ok(client.select("INBOX"))
+    assert b"\\*" in client.untagged_responses["PERMANENTFLAGS"][0]
+    stored = ok(client.store("1", "+FLAGS", "($Forwarded $Junk)"))
+    assert stored[0] == b"1 (FLAGS ($Forwarded $Junk \\Recent))"
+    client.logout()
+    again = mx.imaps("keywords")
+    ok(again.select("INBOX"))
+    assert again.untagged_responses["FLAGS"][0].endswith(b" $Forwarded $Junk)")
+    assert again.untagged_responses["PERMANENTFLAGS"][0].endswith(b" $Forwarded $Junk \\*)")
+    assert ok(again.fetch("1:2", "(FLAGS)")) == [b"1 (FLAGS ($Forwarded $Junk))", b"2 (FLAGS ())"]
+    assert ok(again.search(None, "KEYWORD", "$junk")) == [b"1"]
+    again.logout()
+    root = mx.data_dir / "mail" / "example.com" / "keywords"
+    assert (root / "dovecot-keywords").read_text() == "0 $Forwarded\n1 $Junk\n"
+    assert sorted(path.name.rsplit(":2,", 1)[1] for path in (root / "cur").iterdir()) == ["", "ab"]
 
 
 def test_bad_input_over_the_wire_keeps_the_service_serving(mx):

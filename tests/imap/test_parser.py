@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from continuity.imap.fetch import parse_fetch
-from continuity.imap.mailbox import flag_letters, format_flags
+from continuity.imap.mailbox import format_flags, parse_flags
 from continuity.imap.mime import Part, SectionNotFound
 from continuity.imap.parser import (
     Literal,
@@ -62,12 +62,19 @@ def test_nstring_quotes_or_uses_a_literal():
     assert nstring(None) == b"NIL"
 
 
-def test_flags_map_to_maildir_letters():
-    """System flags map to Maildir letters; keywords and \\Recent are not stored; unknown system flags are BAD."""
-    assert flag_letters([b"\\Seen", b"\\deleted", b"$Forwarded", b"\\Recent"]) == "ST"
-    assert format_flags("RS", recent=True) == b"(\\Answered \\Seen \\Recent)"
+def test_flags_map_to_maildir_letters_and_keywords():
+    """System flags map to Maildir letters, keywords stay names (one per case-folded name), \\Recent is dropped."""
+    letters, keywords = parse_flags([b"\\Seen", b"\\deleted", b"$Forwarded", b"$forwarded", b"\\Recent", b"Junk"])
+    assert (letters, keywords) == ("ST", ("$Forwarded", "Junk"))
+    assert format_flags("RS", ("$Junk",), recent=True) == b"(\\Answered \\Seen $Junk \\Recent)"
+
+
+@pytest.mark.parametrize("flag", [b"\\Bogus", b"a]b", b"a%b", b"a*", b"a(b", b"a{b", b'a"b', b"a\\b", b"a b", b"caf\xc3\xa9",
+                                  b"a\x01b", b""])
+def test_bad_flags_are_a_syntax_error(flag):
+    """An unknown system flag, or a keyword that is no RFC 3501 atom (specials, CTL, 8-bit, empty), is BAD."""
     with pytest.raises(ParseError):
-        flag_letters([b"\\Bogus"])
+        parse_flags([flag])
 
 
 def test_fetch_plan_macros_sections_and_modifiers():
