@@ -40,6 +40,7 @@ from continuity.mailstore.transaction import FlagChange, FolderTransaction
 from continuity.mailstore.uidlist import UidValidityClock
 
 FolderArg = str | Sequence[str] | FolderName
+FlagsArg = str | Iterable[str]  # Maildir info letters
 MessageBody = bytes | bytearray | memoryview | Iterable[bytes]
 
 
@@ -285,25 +286,13 @@ class MaildirStore:
     # -- flags ---------------------------------------------------------------------------
 
     def _change_flags(
-        self,
-        address: Address,
-        folder: FolderArg,
-        uids: Iterable[int],
-        mode: str,
-        flags: str | Iterable[str],
-        keywords: Iterable[str],
+        self, address: Address, folder: FolderArg, uids: Iterable[int], change: FlagChange
     ) -> tuple[MessageRef, ...]:
-        change = FlagChange(mode, normalise_flags(flags), check_keywords(keywords))
         with _on_disk(f"changing flags in {address} {folder}"):
             return self._folder(address, folder).change_flags(uids, change)
 
     def set_flags(
-        self,
-        address: Address,
-        folder: FolderArg,
-        uids: Iterable[int],
-        flags: str | Iterable[str],
-        keywords: Iterable[str] = (),
+        self, address: Address, folder: FolderArg, uids: Iterable[int], flags: FlagsArg, keywords: Iterable[str] = ()
     ) -> tuple[MessageRef, ...]:
         """Replace the flags and keywords of messages (IMAP ``STORE FLAGS``); return them as they are now.
 
@@ -313,29 +302,22 @@ class MaildirStore:
         :raises InvalidKeyword: for a keyword that is no IMAP atom.
         :raises KeywordLimit: when a new keyword does not fit in the folder (nothing is changed).
         """
-        return self._change_flags(address, folder, uids, "set", flags, keywords)
+        change = FlagChange("set", normalise_flags(flags), check_keywords(keywords))
+        return self._change_flags(address, folder, uids, change)
 
     def add_flags(
-        self,
-        address: Address,
-        folder: FolderArg,
-        uids: Iterable[int],
-        flags: str | Iterable[str],
-        keywords: Iterable[str] = (),
+        self, address: Address, folder: FolderArg, uids: Iterable[int], flags: FlagsArg, keywords: Iterable[str] = ()
     ) -> tuple[MessageRef, ...]:
         """Add flags and keywords to messages (IMAP ``STORE +FLAGS``); raises as :meth:`set_flags`."""
-        return self._change_flags(address, folder, uids, "add", flags, keywords)
+        change = FlagChange("add", normalise_flags(flags), check_keywords(keywords))
+        return self._change_flags(address, folder, uids, change)
 
     def remove_flags(
-        self,
-        address: Address,
-        folder: FolderArg,
-        uids: Iterable[int],
-        flags: str | Iterable[str],
-        keywords: Iterable[str] = (),
+        self, address: Address, folder: FolderArg, uids: Iterable[int], flags: FlagsArg, keywords: Iterable[str] = ()
     ) -> tuple[MessageRef, ...]:
         """Remove flags and keywords from messages (IMAP ``STORE -FLAGS``); an unknown keyword is no error."""
-        return self._change_flags(address, folder, uids, "remove", flags, keywords)
+        change = FlagChange("remove", normalise_flags(flags), check_keywords(keywords))
+        return self._change_flags(address, folder, uids, change)
 
     def claim_recent(self, address: Address, folder: FolderArg) -> tuple[int, ...]:
         """Move the folder's ``new/`` messages to ``cur/`` and return their UIDs.
