@@ -312,9 +312,9 @@ class SMTPConnection:
         upstream = self.upstream
 
         def finish(stage: str) -> DeliveryResult:
-            result = DeliveryResult(upstream, tuple(results[i] for i in range(len(recipients))), stage)
-            self.log.info("{upstream}: {summary}", upstream=upstream, summary=result.summary)
-            return result
+            # Not logged here: the caller logs each recipient's outcome (the queue
+            # runner's relayed/deferred/bounced lines carry this reply), one line per change.
+            return DeliveryResult(upstream, tuple(results[i] for i in range(len(recipients))), stage)
 
         def settle(indices: Sequence[int], error: UpstreamError) -> None:
             for i in indices:

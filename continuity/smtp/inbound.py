@@ -138,9 +138,7 @@ class InboundPolicy:
             auth_user=str(session.user) if session.user is not None else None, queue_id=queue_id,
             directions=directions,
         )
-        self.log.info("{session}: {queue_id} accepted from {ip}, {count} recipient(s), {size} bytes",
-                      session=session.session_id, queue_id=queue_id, ip=session.peer_ip, count=len(recipients),
-                      size=len(data))
+        # Logged by the server with its reply: "<session> from=<...> nrcpt=N size=N: 250 ... queued as <id>".
         return queue_id
 
     def authenticate(self, session: Session, mechanism: str, username: str, password: str):
