@@ -260,12 +260,13 @@ class SQLThread(Service):
 
     One writer thread means the service never contends with itself for SQLite's
     write lock. Jobs submitted while the thread is busy run together, in order,
-    in one write transaction, each inside a savepoint (a job that raises undoes
-    only its own changes), and one ``COMMIT`` - one fsync of the WAL with
+    in one write transaction, and one ``COMMIT`` - one fsync of the WAL with
     ``synchronous=FULL`` - makes all of them durable. Every job's Deferred fires
     only after that commit, so a result still means "on disk": ten messages
     accepted at once cost one fsync, not ten, and one wake-up of the thread and
-    of the reactor instead of ten.
+    of the reactor instead of ten. A job's writes go through
+    :meth:`Database.transaction`, a savepoint inside the group: an error in
+    one undoes that block only, as it did when each was a transaction of its own.
     """
 
     name = "sql"
@@ -329,15 +330,12 @@ class SQLThread(Service):
             return [(d, False, failure) for *_, d in group]
         try:
             for fn, args, kwargs, d in group:
-                conn.execute("SAVEPOINT job")
                 try:
                     result = fn(*args, **kwargs)
                 except Exception:
                     outcomes.append((d, False, Failure()))
-                    conn.execute("ROLLBACK TO job")
                 else:
                     outcomes.append((d, True, result))
-                conn.execute("RELEASE job")
             conn.execute("COMMIT")
             self.commits += 1
         except Exception:

