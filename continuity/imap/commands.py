@@ -30,13 +30,11 @@ from continuity.imap.parser import (
     quote,
 )
 from continuity.imap.search import BadCharset, Candidate, compile_search, run_search
-from continuity.mailstore import INBOX_NAME, FolderName, InvalidMailboxName, KeywordLimit, MailboxNotFound
+from continuity.mailstore import INBOX_NAME, FolderName, InvalidMailboxName, MailboxNotFound
 
 AUTH = ("auth", "select")
 SELECTED = ("select",)
 _STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ", "SIZE")
-# RFC 5530 3: a new keyword beyond the folder's 26 (the Maildir letters a-z); nothing was changed.
-_KEYWORD_LIMIT = b"[LIMIT] Too many keywords in this mailbox (at most 26)"
 
 
 class Refusal(Exception):
@@ -415,8 +413,6 @@ class MailboxCommands:
                                               keywords, date)
         except MailboxNotFound:
             raise Refusal(b"[TRYCREATE] No such mailbox") from None
-        except KeywordLimit:
-            raise Refusal(_KEYWORD_LIMIT) from None
         await self._ok(tag, b"[APPENDUID %d %d] APPEND completed" % (uidvalidity, uid))
 
     async def _cmd_namespace(self, tag: bytes, args: list) -> None:
@@ -607,11 +603,9 @@ class MailboxCommands:
         if unchanged_since is not None:
             self.condstore = True
         uids = [uid for _, uid in pairs if uid not in view.gone]
-        try:
-            refs, modified = await self.run(store_flags, self.store, self.address, view.name, uids, mode, letters,
-                                            keywords, unchanged_since)
-        except KeywordLimit:
-            raise Refusal(_KEYWORD_LIMIT, by_uid) from None
+        # A 27th keyword in the folder raises KeywordLimit: NO [LIMIT] (server.py), nothing changed.
+        refs, modified = await self.run(store_flags, self.store, self.address, view.name, uids, mode, letters,
+                                        keywords, unchanged_since)
         if self.view is view:
             view.note_flags(refs)
             lines = view.learn_keywords(refs)  # RFC 3501 7.2.6: a new keyword's FLAGS before its FETCH
@@ -644,8 +638,6 @@ class MailboxCommands:
             result = await self.run(operation, self.address, view.name, uids, destination)
         except MailboxNotFound:
             raise Refusal(b"[TRYCREATE] No such mailbox") from None
-        except KeywordLimit:
-            raise Refusal(_KEYWORD_LIMIT) from None
         code = b""
         if result.mapping:
             code = b"[COPYUID %d %s %s] " % (result.uidvalidity, compress(result.source_uids).encode(),

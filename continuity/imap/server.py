@@ -73,7 +73,7 @@ _STORE_CODES: list[tuple[type[MailstoreError], bytes]] = [
     (MailboxExists, b"[ALREADYEXISTS]"),
     (MailboxRefused, b"[CANNOT]"),
     (MessageExpunged, b"[EXPUNGEISSUED]"),
-    (KeywordLimit, b"[LIMIT]"),
+    (KeywordLimit, b"[LIMIT]"),  # a 27th keyword in a folder (RFC 5530 3); nothing was changed
 ]
 
 

@@ -46,7 +46,8 @@ class FolderSnapshot:
     """A consistent view of a folder: UIDVALIDITY, UIDNEXT and messages in UID order.
 
     ``keywords`` are the folder's defined keywords (RFC 3501 7.2.6 FLAGS);
-    ``keywords_full`` says that no new one fits (no ``\\*`` in PERMANENTFLAGS).
+    ``keywords_full`` says that all 26 keyword slots are named, so no new keyword
+    fits (no ``\\*`` in PERMANENTFLAGS).
     """
 
     folder: FolderName

@@ -145,6 +145,16 @@ def test_copy_and_move_carry_keywords(logged_in, store, address):
     assert reply[0] == b"* FLAGS (" + SYSTEM + b" $Forwarded $Junk)"
 
 
+def test_move_into_a_folder_without_room_answers_no_limit(logged_in, store, address):
+    """MOVE whose keywords do not fit the destination answers NO [LIMIT] and moves nothing."""
+    store.deliver(address, MESSAGE, "Trash", keywords=[f"k{n}" for n in range(MAX_KEYWORDS)])
+    store.deliver(address, MESSAGE, keywords=["$Junk"])
+    logged_in.command("s SELECT INBOX")
+    reply = logged_in.command("a MOVE 1 Trash")
+    assert reply == [b"a NO [LIMIT] no room for 1 more keyword(s) in this folder (at most 26 per folder)"]
+    assert len(store.get_messages(address)) == 1 and len(store.get_messages(address, "Trash")) == 1
+
+
 def test_search_keyword_and_unkeyword(logged_in, store, address):
     """SEARCH KEYWORD matches any case of a stored keyword; UNKEYWORD the others."""
     store.deliver(address, MESSAGE, keywords=["$Junk"])
