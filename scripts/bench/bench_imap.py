@@ -1,7 +1,8 @@
 """IMAP against Dovecot on the same Maildir content (issues 4 and 6).
 
-Every benchmark here but ``idle-imap`` runs on a :class:`~mailpair.MailPair`:
-our service and an isolated Dovecot, each serving its own copy of one INBOX of
+Every benchmark here but ``idle-imap`` runs on the run's :class:`~mailpair.MailPair`
+(shared with :mod:`bench_pop3`): our service and an isolated Dovecot, each
+serving its own copy of one INBOX of
 10,000 messages of 4 KB (``--quick``: 200), over plain loopback, after a
 warm-up that built both servers' indexes and marked every message ``\\Seen``.
 The client is :mod:`imaplib`, as issue 6 says, on the same machine (so a
@@ -16,7 +17,7 @@ faster server leaves more of the two cores to the client).
   its ``OK``; the median of 20 sessions one after the other (``--quick``: 3),
   in milliseconds. Our CPU column is per session.
 - **idle-imap**: memory per idle connection. 1,000 sessions (``--quick``:
-  20) of 101 users (10 each: both servers allow 10 per user and IP), each
+  10) of 101 users (10 each: both servers allow 10 per user and IP), each
   logged in with INBOX (10 messages) selected and in ``IDLE``, as a mail
   client leaves it. As :mod:`bench_idle_smtp` does for Postfix, each round
   starts both servers afresh, runs one session (so both loaded what a session
@@ -38,27 +39,27 @@ import time
 from dovecot import Dovecot
 from imaptools import close_all, open_idle_sessions
 from lab import Benchmark, Lab, Load, Sample, free_port
-from mailpair import NO_UPSTREAM, PASSWORD, MailPair, add_users, clone, dovecot_hashes, fetched_messages, pristine
+from mailpair import NO_UPSTREAM, PASSWORD, add_users, clone, dovecot_hashes, fetched_messages, pristine, shared_pair
 from ours import Ours
 from procstat import cpu_seconds, pss_kib, tree_pss_kib
 from profiling import recording
 
 MESSAGES = Load(full=10000, quick=200)
 LOGINS = Load(full=20, quick=3)
-CONNECTIONS = Load(full=1000, quick=20)
+CONNECTIONS = Load(full=1000, quick=10)
 PER_USER = 10  # sessions per user and client IP that both servers allow by default
 IDLE_INBOX = 10
 IDLE_DOMAIN = "idle.bench.test"
-SETTLE = 1.0
+SETTLE = Load(full=1000, quick=200)  # milliseconds before each measurement
 
 
 class _PairBenchmark(Benchmark):
-    """A benchmark on a :class:`MailPair`; subclasses implement :meth:`measure`."""
+    """A benchmark on the shared :class:`~mailpair.MailPair`; subclasses implement :meth:`measure`."""
 
     peer_label = "Dovecot"
 
     def start(self, lab: Lab) -> None:
-        self.pair = MailPair(lab, self.name, MESSAGES.size(lab.quick)).start()
+        self.pair = shared_pair(lab, MESSAGES.size(lab.quick))
 
     def ours(self, lab: Lab, round_number: int) -> Sample:
         service = self.pair.ours
@@ -150,6 +151,7 @@ class IdleMemory(Benchmark):
 
     def start(self, lab: Lab) -> None:
         self.connections = CONNECTIONS.size(lab.quick)
+        self.settle = SETTLE.size(lab.quick) / 1000
         users = [f"idle{number}@{IDLE_DOMAIN}" for number in range(math.ceil(self.connections / PER_USER))]
         self.logins = [(users[index // PER_USER], PASSWORD) for index in range(self.connections)]
         self.warm = f"warm@{IDLE_DOMAIN}"
@@ -173,11 +175,11 @@ class IdleMemory(Benchmark):
     def _growth(self, port: int, measure) -> float:
         warm = open_idle_sessions(port, [(self.warm, PASSWORD)])
         close_all(warm)
-        time.sleep(SETTLE)
+        time.sleep(self.settle)
         before = measure()
         sessions = open_idle_sessions(port, self.logins)
         try:
-            time.sleep(SETTLE)
+            time.sleep(self.settle)
             after = measure()
         finally:
             close_all(sessions)

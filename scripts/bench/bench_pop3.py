@@ -1,7 +1,8 @@
 """POP3 against Dovecot: ``RETR`` of every message of a 10,000 x 4 KB INBOX with poplib (issues 4 and 6).
 
-Same setup as :mod:`bench_imap` (a :class:`~mailpair.MailPair`: each server
-its own copy of the same Maildir, warmed up, plain loopback, Argon2id logins).
+Same setup as :mod:`bench_imap`, whose :class:`~mailpair.MailPair` it shares
+(each server its own copy of the same Maildir, warmed up, plain loopback,
+Argon2id logins).
 Each round logs in with ``USER``/``PASS`` (untimed), then times ``RETR 1`` to
 ``RETR N``, one after the other as :mod:`poplib` sends them, until the last
 message's terminating dot; ``QUIT`` follows untimed (it changes nothing: the
@@ -13,7 +14,7 @@ from __future__ import annotations
 import time
 
 from lab import Benchmark, Lab, Load, Sample
-from mailpair import MailPair
+from mailpair import shared_pair
 from procstat import cpu_seconds
 from profiling import recording
 
@@ -28,7 +29,7 @@ class RetrieveAll(Benchmark):
     peer_label = "Dovecot"
 
     def start(self, lab: Lab) -> None:
-        self.pair = MailPair(lab, self.name, MESSAGES.size(lab.quick), domain="pop3.bench.test").start()
+        self.pair = shared_pair(lab, MESSAGES.size(lab.quick))
 
     def _round(self, port: int, pid: int | None) -> Sample:
         pop = self.pair.pop3(port)

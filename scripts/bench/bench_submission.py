@@ -2,7 +2,8 @@
 
 Load: 10 client sessions side by side (Python threads with :mod:`smtplib`),
 each one connection that says EHLO, STARTTLS, EHLO, ``AUTH PLAIN`` as a user
-of its own, then sends its share of 1,000 messages of 2 KB (``--quick``: 50)
+of its own, then sends its share of 1,000 messages of 2 KB (``--quick``: 2
+sessions, 20 messages)
 to an outside address, and QUITs. The figure is messages per second **end to
 end**: from the first connection until the ``smtp-sink`` behind the server
 counted the last message, the same for both.
@@ -39,8 +40,8 @@ from procstat import cpu_seconds
 from profiling import recording
 from smtptools import Sink
 
-MESSAGES = Load(full=1000, quick=50)
-SESSIONS = 10
+MESSAGES = Load(full=1000, quick=20)
+SESSIONS = Load(full=10, quick=2)
 SIZE = 2048
 DOMAIN = "submit.bench.test"
 RECIPIENT = "someone@elsewhere.bench.test"
@@ -108,8 +109,9 @@ class Submission(Benchmark):
     peer_label = "Postfix submission"
 
     def start(self, lab: Lab) -> None:
-        self.messages = MESSAGES.size(lab.quick) // SESSIONS * SESSIONS
-        self.senders = [f"sender{number}@{DOMAIN}" for number in range(SESSIONS)]
+        sessions = SESSIONS.size(lab.quick)
+        self.messages = MESSAGES.size(lab.quick) // sessions * sessions
+        self.senders = [f"sender{number}@{DOMAIN}" for number in range(sessions)]
         root = lab.path(self.name)
         cert, key = root / "cert.pem", root / "key.pem"
         generate_self_signed("mx.bench.test", str(cert), str(key))
@@ -145,7 +147,7 @@ class Submission(Benchmark):
         base = sink.messages()
         errors: list[str] = []
         started = time.monotonic()
-        threads = [threading.Thread(target=submit, args=(port, sender, self.messages // SESSIONS, errors))
+        threads = [threading.Thread(target=submit, args=(port, sender, self.messages // len(self.senders), errors))
                    for sender in self.senders]
         for thread in threads:
             thread.start()
