@@ -20,7 +20,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 HARNESS = ROOT / "scripts" / "bench" / "harness.py"
-BUILT = ("relay", "emergency", "idle-smtp", "recovery")
+BUILT = ("relay", "emergency", "submission", "imap-fetch", "imap-flags", "imap-login", "pop3-retr", "idle-smtp",
+         "idle-imap", "failover", "recovery")
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="the isolated Postfix instance is started as root"),
