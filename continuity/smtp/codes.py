@@ -203,6 +203,7 @@ TOO_MANY_HOPS = Reply(554, "5.4.6", "Error: too many hops")
 BARE_LF = Reply(550, "5.5.2", "Error: bare <LF> received")
 BARE_CR = Reply(550, "5.5.2", "Error: bare <CR> received")
 NUL_IN_DATA = Reply(550, "5.6.0", "Error: NUL character received")
+DATA_LINE_TOO_LONG = Reply(554, "5.6.0", "Error: message has a line longer than 2048 octets")
 INTERNAL_ERROR = Reply(451, "4.3.0", "Error: internal error, please try again later")
 
 # -- STARTTLS (RFC 3207) -----------------------------------------------------

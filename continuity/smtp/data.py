@@ -19,11 +19,12 @@ SMTP smuggling (CVE-2023-51766 and its kin) is made of:
 - ``Received:`` fields of the header section are counted for the hop limit
   (RFC 5321 6.3).
 
-Lines of any length are accepted: RFC 5322 2.1.1's 998 octets is a limit for
-writers, and real mail (machine-made HTML) breaks it; Postfix accepts such
-lines too. They are consumed in fragments of :data:`FRAGMENT` octets, so a
-line without end costs no more memory than the size limit allows. A long line
-is never a way out of DATA mode: only ``<CRLF>.<CRLF>`` is.
+- a line longer than :data:`LINE_LIMIT` octets (the command line limit,
+  Postfix's ``line_length_limit``; RFC 5322 2.1.1 allows only 998) marks the
+  message as bad too, and again reading goes on to the real end of data: a
+  long line is never a way out of DATA mode, only ``<CRLF>.<CRLF>`` is. Lines
+  are consumed in fragments of :data:`FRAGMENT` octets, so a line without end
+  costs no more memory than the size limit allows.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ from __future__ import annotations
 import re
 
 FRAGMENT = 64 * 1024
+#: Octets of text a message line may have, without its CRLF.
+LINE_LIMIT = 2048
+_LONG_LINE = re.compile(rb"[^\r\n]{%d}" % (LINE_LIMIT + 1))
 _FIELD_NAME = re.compile(rb"^[!-9;-~]+$")  # RFC 5322 3.6.8 ftext
 
 
@@ -48,6 +52,7 @@ class DataReader:
         self.bare_lf = False
         self.bare_cr = False
         self.nul = False
+        self.long_line = False
         self.received_headers = 0
         self.done = False
         self._body = bytearray()
@@ -91,6 +96,8 @@ class DataReader:
                     if dot >= 0:
                         end = dot + 2
                     if _clean(buffer, position, end):
+                        if not self.long_line and _LONG_LINE.search(buffer, position, end):
+                            self.long_line = True
                         self._store(buffer[position:end])
                         position = end
                         newline = buffer.find(b"\n", position)
@@ -123,6 +130,8 @@ class DataReader:
         content = line[:-2] if crlf else line[:-1]
         if not crlf:
             self.bare_lf = True
+        if len(content) > LINE_LIMIT:
+            self.long_line = True
         self._check(content)
         if starts_line:
             self._header_line(line)
@@ -140,6 +149,7 @@ class DataReader:
                 fragment = fragment[1:]
             self._header_line(fragment)
         self._check(fragment)  # no LF here, so every CR in it is bare
+        self.long_line = True  # a fragment is longer than any allowed line
         self._store(fragment)
         self._mid_line = True
         self._line_start = False

@@ -528,6 +528,8 @@ class SMTPServer(CommandPipeline, AuthCommands, twisted_smtp.ESMTP):
             refusal = codes.BARE_CR
         elif reader.nul:
             refusal = codes.NUL_IN_DATA
+        elif reader.long_line:
+            refusal = codes.DATA_LINE_TOO_LONG
         elif reader.received_headers > self.limits.max_hops:
             refusal = codes.TOO_MANY_HOPS  # RFC 5321 6.3: a mail loop
         else:

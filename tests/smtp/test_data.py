@@ -7,7 +7,7 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from continuity.smtp.data import FRAGMENT, DataReader
+from continuity.smtp.data import FRAGMENT, LINE_LIMIT, DataReader
 
 _RECEIVED = re.compile(rb"^received[ \t]*:", re.IGNORECASE)
 _FIELD = re.compile(rb"^[!-9;-~]+[ \t]*:")
@@ -114,3 +114,26 @@ def test_leading_dot_of_a_long_line_is_unstuffed():
     reader.feed(b"." + b"w" * (FRAGMENT + 5))
     reader.feed(b"\r\n.\r\n")
     assert reader.message() == b"w" * (FRAGMENT + 5) + b"\r\n"
+
+
+def test_long_line_in_a_clean_run_is_seen():
+    """A line over LINE_LIMIT among clean lines (the fast path) marks the message."""
+    reader = DataReader(10 * FRAGMENT)
+    reader.feed(b"ok\r\n" + b"q" * (LINE_LIMIT + 1) + b"\r\nok\r\n.\r\n")
+    assert reader.done and reader.long_line
+
+
+def test_line_at_the_limit_is_fine():
+    """A line of exactly LINE_LIMIT octets plus CRLF is not long, nor one split over feeds."""
+    reader = DataReader(10 * FRAGMENT)
+    reader.feed(b"q" * 1000)
+    reader.feed(b"q" * (LINE_LIMIT - 1000) + b"\r\n.\r\n")
+    assert reader.done and not reader.long_line
+
+
+def test_long_line_split_over_feeds_is_seen():
+    """A long line arriving in pieces (slow path) marks the message."""
+    reader = DataReader(10 * FRAGMENT)
+    reader.feed(b"Subject: x\r\n\r\n" + b"q" * 2000)
+    reader.feed(b"q" * 100 + b"\r\n.\r\n")
+    assert reader.done and reader.long_line

@@ -636,16 +636,27 @@ def test_smuggled_end_of_data_does_not_end_data(fake_end):
 
 
 def test_long_data_line_does_not_reach_command_mode():
-    """A DATA line far over any line limit stays message content; what follows it is not a command."""
+    """A DATA line far over the line limit stays message content; what follows it is not a command,
+    and the message is refused at the real end of data."""
     client = connect(limits=attrs.evolve(LIMITS, max_message_size=1_000_000))
     client.ehlo()
     client.send(b"MAIL FROM:<bob@example.org>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
     long_line = b"A" * 300_000
     assert client.send(long_line[:150_000]) == []
     assert client.send(long_line[150_000:] + b"\r\nRSET\r\nMAIL FROM:<evil@example.net>\r\n") == []
-    assert client.send(b".\r\n") == ["250 2.0.0 Ok: queued as Q0"]
-    assert client.policy.messages[0][1] == long_line + b"\r\nRSET\r\nMAIL FROM:<evil@example.net>\r\n"
+    assert client.send(b".\r\n") == ["554 5.6.0 Error: message has a line longer than 2048 octets"]
+    assert client.policy.messages == []
     assert len(client.policy.senders) == 1
+    assert client.send(b"NOOP\r\n") == ["250 2.0.0 Ok"]
+
+
+@pytest.mark.parametrize("length, accepted", [(2048, True), (2049, False)])
+def test_data_line_limit_is_2048_octets(length, accepted):
+    """A message line of 2048 octets (without CRLF) is accepted; one more octet refuses the message."""
+    client = connect()
+    body = b"Subject: x\r\n\r\n" + b"b" * length + b"\r\nshort\r\n"
+    reply = client.transaction(body)[-1]
+    assert reply.startswith("250") if accepted else reply.startswith("554 5.6.0")
 
 
 def test_empty_message_is_passed_on():
