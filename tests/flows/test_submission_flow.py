@@ -248,10 +248,17 @@ def test_outage_cs_sent_once_across_a_sigkill_in_recovery(tmp_path, smtp_sink, i
                                                             "=?UTF-8?Q?Gr=C3=BC=C3=9Fe?="))
     tracked = msa.cli.json("track", "--recipient", "bob@example.com", "--status", "delayed")
     assert any(r["sender"] == "bob@example.com" for r in tracked)  # the CS-SENT copy, held for recovery
-    # The upstream comes back, slow: 1 s before each DATA reply, so the kill lands between messages.
-    healthy = smtp_sink("-w", "1")
+    # The upstream comes back, slow: 2 s before each DATA reply. Once what it received is all journalled,
+    # the next messages wait for their 354, so the kill lands between the upstream's 250s.
+    healthy = smtp_sink("-w", "2")
     assert msa.cli("domain", "set", "example.com", "--upstream", healthy.address).returncode == 0
-    healthy.messages(2, timeout=30)
+    def settled() -> bool:
+        """At least two messages at the upstream, and every one of them journalled as redelivered."""
+        received = len(healthy.messages(0))
+        redelivered = msa.cli.json("track", "--recipient", "bob@example.com", "--status", "redelivered")
+        return received >= 2 and len(redelivered) == received
+
+    wait_until(settled, timeout=30, what="messages redelivered and journalled")
     msa.service.stop(signal.SIGKILL)
     msa.service.start(wait_ports=(msa.smtp,))
     arrived = healthy.messages(6, timeout=60)
