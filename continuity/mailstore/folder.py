@@ -416,12 +416,21 @@ class MailFolder:
 
     def remove(self, base: str) -> bool:
         """Remove the message whose base name is ``base``; False when it is not here."""
+        return base in self.remove_many([base])
+
+    def remove_many(self, bases: Iterable[str]) -> set[str]:
+        """Remove the messages with these base names in one transaction (one uid list write).
+
+        :returns: the base names that were here and are removed now.
+        """
+        removed = set()
         with self.transaction() as txn:
-            entry = txn.uidlist.find(base)
-            if entry is None:
-                return False
-            txn.unlink(entry)
-            return True
+            for base in bases:
+                entry = txn.uidlist.find(base)
+                if entry is not None:
+                    txn.unlink(entry)
+                    removed.add(base)
+        return removed
 
 
 def _identity(path: str) -> tuple[int, int, int] | None:

@@ -339,6 +339,21 @@ class MaildirStore:
         with _on_disk(f"removing a message of {ref.address}"):
             return self.mailbox(ref.address).folder(ref.folder).remove(ref.base)
 
+    def remove_messages(self, refs: Iterable[MessageRef]) -> set[str]:
+        """Remove the messages ``refs`` name, one transaction per folder; return the base names removed.
+
+        Recovery removes thousands of redelivered messages: one uid list write per
+        folder, not one per message.
+        """
+        by_folder: dict[tuple[Address, FolderName], list[str]] = {}
+        for ref in refs:
+            by_folder.setdefault((ref.address, ref.folder), []).append(ref.base)
+        removed: set[str] = set()
+        for (address, folder), bases in by_folder.items():
+            with _on_disk(f"removing messages of {address}"):
+                removed |= self.mailbox(address).folder(folder).remove_many(bases)
+        return removed
+
     def copy(self, address: Address, source: FolderArg, uids: Iterable[int], destination: FolderArg) -> CopyResult:
         """Copy messages to another folder (IMAP COPY, RFC 3501 6.4.7) keeping flags, keywords and dates.
 

@@ -18,6 +18,7 @@ from continuity.mailstore import (
     count_messages,
     user_root,
 )
+from continuity.mailstore.uidlist import UidList
 
 MESSAGE = b"Subject: folders\r\n\r\nbody\r\n"
 
@@ -269,6 +270,20 @@ def test_recovery_tells_moved_from_deleted(store, alice) -> None:
     found = store.find_message(alice, moved.base)
     assert found is not None and found.folder == FolderName.parse("Trash")
     assert store.find_message(alice, deleted.base) is None
+
+
+def test_remove_messages_writes_the_uid_list_once_per_folder(store, alice, monkeypatch) -> None:
+    """remove_messages removes a batch in one transaction and returns what was there to remove."""
+    refs = [store.deliver(alice, b"Subject: %d\r\n\r\n" % i) for i in range(4)]
+    inbox = store.inbox_messages(alice)
+    assert store.remove_message(inbox[0]) is True
+    saves = []
+    real_save = UidList.save
+    monkeypatch.setattr(UidList, "save", lambda self, *a, **k: (saves.append(1), real_save(self, *a, **k))[1])
+    removed = store.remove_messages(inbox)
+    assert removed == {ref.base for ref in refs[1:]}
+    assert len(saves) == 1
+    assert store.inbox_messages(alice) == ()
 
 
 def test_count_messages_in_all_folders(store, alice, mail_root) -> None:
