@@ -6,6 +6,8 @@ upstream's ``250`` the row becomes ``sent`` and only then is the local file
 removed (``removed``). After a crash, ``sent`` rows are removed without being
 sent again; ``sending`` rows are sent again (at-least-once: the upstream may
 see a duplicate only if the crash fell between its ``250`` and our commit).
+Up to :data:`WINDOW` messages are under way at once, and accepted ones are
+removed in batches (one uid list write per batch, not per message).
 A temporary failure stops the recovery: the rest stays local and the domain
 goes back to emergency. Then the CS-SENT copies of mail the domain's users
 sent during the outage (:mod:`continuity.failover.cssent`) are relayed to each
@@ -17,8 +19,9 @@ user with the subject prefixed ``(CS-SENT) ``, journalled the same way (kind
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 
 from continuity import tracking
@@ -29,6 +32,10 @@ from continuity.failover.cssent import SentCopies, cs_sent_ref, prefix_subject
 from continuity.mailstore import MaildirStore, MessageRef
 from continuity.smtp.pool import ConnectionPool
 from continuity.spool.store import SpoolEnvelope
+
+# INBOX messages relayed at once (sessions to the upstream), and accepted ones removed per batch.
+WINDOW = 10
+REMOVE_BATCH = 200
 
 _OUR_HEADERS = re.compile(rb"\A(?:(?:Return-Path|Delivered-To):[^\r\n]*\r?\n)+", re.IGNORECASE)
 _RETURN_PATH = re.compile(rb"\AReturn-Path:[ \t]*<([^>\r\n]*)>", re.IGNORECASE)
@@ -48,6 +55,17 @@ class RecoveryJournal:
     def __init__(self, db: Database, clock: Callable[[], float]):
         self.db = db
         self._clock = clock
+
+    def states(self, address: str, kind: str) -> dict[str, str]:
+        """The journal state of each message of ``address`` of this kind, by key."""
+        rows = self.db.read("SELECT message_key, state FROM recovery_journal WHERE address = ? AND kind = ?",
+                            (address, kind))
+        return {r[0]: r[1] for r in rows}
+
+    def mark_many(self, domain: str, address: str, kind: str, keys: Sequence[str], state: str) -> None:
+        with self.db.transaction() as conn:
+            for key in keys:
+                self._mark(conn, domain, address, kind, key, state)
 
     def state(self, address: str, kind: str, key: str) -> str | None:
         rows = self.db.read("SELECT state FROM recovery_journal WHERE address = ? AND kind = ? AND message_key = ?",
@@ -108,14 +126,13 @@ class Recovery:
         users = await self._sql.run(self._directory.list_users, domain.name)
         sent = 0
         for user in users:
-            address = parse_address(user.address)
-            for ref in await self._io(self._mailstore.inbox_messages, address):
-                outcome = await self._redeliver(domain.name, str(domain.upstream), user.address, ref)
-                if outcome is None:
-                    self.log.warn("recovery of {domain} interrupted after {sent} message(s)", domain=domain.name,
-                                  sent=sent)
-                    return False
-                sent += outcome
+            refs = await self._io(self._mailstore.inbox_messages, parse_address(user.address))
+            count, finished = await self._redeliver_inbox(domain.name, str(domain.upstream), user.address, refs)
+            sent += count
+            if not finished:
+                self.log.warn("recovery of {domain} interrupted after {sent} message(s)", domain=domain.name,
+                              sent=sent)
+                return False
         if self._sent_copies is not None:
             # CS-SENT copies last: any recorded while the INBOXes were being redelivered are included.
             for envelope in await self._io(self._sent_copies.pending, domain.name):
@@ -129,13 +146,61 @@ class Recovery:
         self.log.info("recovery of {domain} finished: {sent} message(s) redelivered", domain=domain.name, sent=sent)
         return True
 
+    async def _redeliver_inbox(self, domain: str, upstream: str, address: str,
+                               refs: Sequence[MessageRef]) -> tuple[int, bool]:
+        """Relay the INBOX messages ``refs`` of ``address``, :data:`WINDOW` at a time.
+
+        Accepted messages are removed in batches (one uid list write per batch);
+        one already ``sent`` before a crash is removed without being sent again.
+        A temporary failure starts no further message; those under way finish.
+
+        :returns: how many were sent, and whether all were tried.
+        """
+        states = await self._sql.run(self._journal.states, address, "inbox")
+        todo = iter(refs)
+        accepted: list[MessageRef] = []
+        sent = 0
+        stop = False
+
+        async def relay_some() -> None:
+            nonlocal sent, stop
+            for ref in todo:
+                if stop:
+                    return
+                if states.get(ref.base) in ("sent", "removed"):
+                    accepted.append(ref)
+                    continue
+                try:
+                    outcome = await self._redeliver(domain, upstream, address, ref)
+                except BaseException:
+                    stop = True
+                    raise
+                if outcome is None:
+                    stop = True
+                    return
+                if outcome:
+                    sent += 1
+                    accepted.append(ref)
+                if len(accepted) >= REMOVE_BATCH:
+                    await self._remove(domain, address, accepted)
+
+        results = await DeferredList([Deferred.fromCoroutine(relay_some()) for _ in range(WINDOW)],
+                                     consumeErrors=True)
+        await self._remove(domain, address, accepted)  # what the upstream has is removed even after a failure
+        for ok, failure in results:
+            if not ok:
+                failure.raiseException()
+        return sent, not stop
+
+    async def _remove(self, domain: str, address: str, accepted: list[MessageRef]) -> None:
+        """Remove the messages in ``accepted`` (emptying it) and journal them ``removed``."""
+        batch, accepted[:] = list(accepted), []
+        if batch:
+            await self._io(self._mailstore.remove_messages, batch)
+            await self._sql.run(self._journal.mark_many, domain, address, "inbox", [r.base for r in batch], "removed")
+
     async def _redeliver(self, domain: str, upstream: str, address: str, ref: MessageRef) -> int | None:
-        """1 when sent, 0 when skipped, None when the upstream failed temporarily."""
-        state = await self._sql.run(self._journal.state, address, "inbox", ref.base)
-        if state in ("sent", "removed"):
-            await self._io(self._mailstore.remove_message, ref)
-            await self._sql.run(self._journal.mark, domain, address, "inbox", ref.base, "removed")
-            return 0
+        """Send one INBOX message: 1 when sent, 0 when skipped, None when the upstream failed temporarily."""
         try:
             data = await self._io(self._mailstore.read_message, ref)
         except Exception:
@@ -152,8 +217,6 @@ class Recovery:
             return 0
         await self._sql.run(self._journal.sent, domain, address, "inbox", ref.base, f"{address}/{ref.base}",
                             f"{result.upstream} said: {reply}")
-        await self._io(self._mailstore.remove_message, ref)
-        await self._sql.run(self._journal.mark, domain, address, "inbox", ref.base, "removed")
         return 1
 
     async def _redeliver_copy(self, domain: str, upstream: str, envelope: SpoolEnvelope) -> int | None:

@@ -145,3 +145,34 @@ def test_split_delivery_headers_takes_the_sender_and_strips_our_headers():
                                           b"Subject: s\r\n\r\nx\r\n")
     assert sender == "a@b.example"
     assert rest == b"Subject: s\r\n\r\nx\r\n"
+
+
+def test_several_messages_are_under_way_at_once(stack):
+    """Recovery does not wait for one 250 before sending the next: all three are journalled sending first."""
+    held = [Deferred() for _ in range(3)]
+    stack.pool.script(UPSTREAM, *held)
+    results = []
+    Deferred.fromCoroutine(stack.recovery("example.com")).addBoth(results.append)
+    assert not results
+    assert [stack.journal.state("bob@example.com", "inbox", ref.base) for ref in inbox_refs(stack)] == ["sending"] * 3
+    for d in held:
+        d.callback(Reply())
+    assert results == [True]
+    assert stack.inbox("bob@example.com") == []
+
+
+def test_a_failure_while_others_are_under_way_keeps_only_the_refused(stack):
+    """Messages already under way when one gets a 4xx finish: the accepted ones go, the refused one stays."""
+    held = [Deferred() for _ in range(3)]
+    stack.pool.script(UPSTREAM, *held)
+    results = []
+    Deferred.fromCoroutine(stack.recovery("example.com")).addBoth(results.append)
+    held[0].callback(Reply())
+    held[1].callback(SOFT)
+    held[2].callback(Reply())
+    assert results == [False]
+    (left,) = inbox_refs(stack)
+    assert stack.journal.state("bob@example.com", "inbox", left.base) == "sending"
+    sent = sent_numbers(stack)
+    assert len(sent) == 2
+    assert int(stack.mailstore.read_message(left).split(b"Subject: number ")[1][:1]) not in sent
