@@ -145,6 +145,11 @@ MIGRATIONS: Sequence[Sequence[str]] = (
             UNIQUE (address, kind, message_key)
         )""",
     ),
+    # 4: recovery finds a message's tracking rows by mailbox_ref for every message it
+    # redelivers; without an index that scanned the whole (ever growing) tracking table.
+    (
+        "CREATE INDEX tracking_mailbox_ref ON tracking(mailbox_ref)",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
