@@ -226,6 +226,7 @@ def _delivery(components: Components, root: MultiService) -> None:
     monitor = FailoverMonitor(reactor, components.sql, components.directory, config.relay.probe_interval,
                               probe_domain, runner.reroute, runner.flush, recovery)
     runner.failover = monitor
+    recovery.still_recovering = monitor.is_recovering
 
     class _Startup(Service):
         name = "spool-recovery"

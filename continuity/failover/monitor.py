@@ -138,6 +138,11 @@ class FailoverMonitor(Service):
 
     # -- inputs from deliveries --------------------------------------------
 
+    def is_recovering(self, domain: str) -> bool:
+        """Whether ``domain`` is in ``recovering`` mode as far as this process knows (store polled every second)."""
+        machine = self.machines.get(domain)
+        return machine is not None and machine.mode == "recovering"
+
     def can_fail_over(self, domain: Domain) -> bool:
         """Whether a temporary failure switches ``domain`` to emergency (auto activation, continuity on)."""
         return domain.activation == "auto" and domain.continuity

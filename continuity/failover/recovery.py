@@ -118,6 +118,9 @@ class Recovery:
         self._mailstore = mailstore
         self._pool = pool
         self._sent_copies = sent_copies
+        #: Asked before each message: False once the domain left ``recovering`` (an admin's
+        #: ``emergency start`` during the recovery), which stops it like a failure does.
+        self.still_recovering: Callable[[str], bool] = lambda domain: True
 
     async def __call__(self, domain_name: str) -> bool:
         domain = await self._sql.run(self._directory.find_domain, domain_name)
@@ -136,7 +139,9 @@ class Recovery:
         if self._sent_copies is not None:
             # CS-SENT copies last: any recorded while the INBOXes were being redelivered are included.
             for envelope in await self._io(self._sent_copies.pending, domain.name):
-                outcome = await self._redeliver_copy(domain.name, str(domain.upstream), envelope)
+                outcome = None
+                if self.still_recovering(domain.name):
+                    outcome = await self._redeliver_copy(domain.name, str(domain.upstream), envelope)
                 if outcome is None:
                     self.log.warn("recovery of {domain} interrupted after {sent} message(s)", domain=domain.name,
                                   sent=sent)
@@ -166,6 +171,10 @@ class Recovery:
             nonlocal sent, stop
             for ref in todo:
                 if stop:
+                    return
+                if not self.still_recovering(domain):
+                    self.log.info("recovery of {domain} stopped: the domain left recovering mode", domain=domain)
+                    stop = True
                     return
                 if states.get(ref.base) in ("sent", "removed"):
                     accepted.append(ref)

@@ -176,3 +176,36 @@ def test_a_failure_while_others_are_under_way_keeps_only_the_refused(stack):
     sent = sent_numbers(stack)
     assert len(sent) == 2
     assert int(stack.mailstore.read_message(left).split(b"Subject: number ")[1][:1]) not in sent
+
+
+def test_leaving_recovering_mode_stops_the_recovery(stack):
+    """An admin's emergency start during recovery stops it before the next message; the rest stays local."""
+    asked: list[str] = []
+
+    def still_recovering(domain: str) -> bool:
+        asked.append(domain)
+        return len(asked) <= 1  # the admin switched back after the first message
+
+    stack.recovery.still_recovering = still_recovering
+    assert recover(stack) is False
+    assert len(sent_numbers(stack)) <= 1
+    assert len(stack.inbox("bob@example.com")) == 3 - len(sent_numbers(stack))
+    assert set(asked) == {"example.com"}
+
+
+def test_recovery_started_by_emergency_stop_sees_recovering_mode(stack):
+    """Wired to the monitor, the recovery is told "recovering" for each message while it runs."""
+    answers: list[bool] = []
+
+    def still_recovering(domain: str) -> bool:
+        answers.append(stack.monitor.is_recovering(domain))
+        return answers[-1]
+
+    stack.recovery.still_recovering = still_recovering
+    assert stack.monitor.is_recovering("example.com") is False
+    assert stack.monitor.is_recovering("unknown.example") is False
+    stack.directory.set_mode("example.com", "recovering", "continuityctl emergency stop", automatic=False)
+    stack.clock.advance(2)
+    assert answers == [True, True, True]
+    assert sorted(sent_numbers(stack)) == [0, 1, 2]
+    assert stack.monitor.is_recovering("example.com") is False
