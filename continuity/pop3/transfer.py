@@ -2,7 +2,10 @@
 
 The file is opened and read on the worker pool, :data:`~continuity.pop3.wire.CHUNK`
 octets at a time, encoded (:class:`~continuity.pop3.wire.MultilineEncoder`)
-and written to the transport. The transfer registers as the transport's
+and written to the transport. A read that comes back short is the end of the
+file, which is then closed in the same worker call: a message smaller than a
+chunk (nearly all mail) costs one trip to the pool (open, read, close), not
+four, which is what bounded RETR of many small messages. The transfer registers as the transport's
 streaming producer (``IPushProducer``): when the client reads slowly and the
 transport's buffer fills, ``pauseProducing`` stops the reading until
 ``resumeProducing``, so a 50 MB message costs one chunk of memory however
@@ -26,6 +29,32 @@ class TransferFailed(Exception):
     """Reading the message failed after the ``+OK``: the connection must close."""
 
 
+def _read_chunk(handle: BinaryIO) -> tuple[bytes, bool]:
+    """The next chunk (blocking), and whether it was the last: the file is then closed.
+
+    A regular file reads short only at its end, so no further read is needed to know it.
+    """
+    chunk = handle.read(CHUNK)
+    if len(chunk) < CHUNK:
+        handle.close()
+        return chunk, True
+    return chunk, False
+
+
+def _open_and_read(opener: Callable[..., BinaryIO], args: tuple) -> tuple[BinaryIO | None, bytes]:
+    """Open the message and read its first chunk in one worker call; (the handle or None at the end, chunk)."""
+    handle = opener(*args)
+    try:
+        chunk, ended = _read_chunk(handle)
+    except OSError as error:
+        handle.close()
+        raise storage_error(error, "reading a message") from error
+    except BaseException:
+        handle.close()
+        raise
+    return (None if ended else handle), chunk
+
+
 @implementer(IPushProducer)
 class MessageTransfer:
     """One RETR (``top_lines`` None) or TOP of an opened message; see the module docstring."""
@@ -45,15 +74,7 @@ class MessageTransfer:
 
         Raises what ``opener`` raises (e.g. ``MessageExpunged``), and ``MailstoreError`` when reading fails.
         """
-        self._handle = await self._run(opener, *args)
-        try:
-            self._first = await self._run(self._handle.read, CHUNK)
-        except OSError as error:
-            await self.close()
-            raise storage_error(error, "reading a message") from error
-        except BaseException:
-            await self.close()
-            raise
+        self._handle, self._first = await self._run(_open_and_read, opener, args)
 
     async def send(self) -> None:
         """Write the message and the terminating ``.<CRLF>``; the file is closed at the end.
@@ -74,12 +95,14 @@ class MessageTransfer:
                     break
                 if self._paused is not None:
                     await self._paused
-                if self._stopped:
+                if self._stopped or self._handle is None:  # stopped, or the file was read to its end
                     break
                 try:
-                    chunk = await self._run(self._handle.read, CHUNK)
+                    chunk, ended = await self._run(_read_chunk, self._handle)
                 except OSError as error:
                     raise TransferFailed(str(error)) from error
+                if ended:
+                    self._handle = None  # closed by _read_chunk
             if not self._stopped:
                 transport.write(self._encoder.finish())
         finally:

@@ -634,7 +634,7 @@ def test_read_failure_after_ok_closes_the_connection(factory, deliver, store, mo
             self.reads += 1
             if self.reads > 1:
                 raise OSError(5, "I/O error")
-            return b"Subject: one\r\n"
+            return b"Subject: one\r\n".ljust(size, b"x")  # a whole chunk: the file goes on
 
         def close(self):
             pass

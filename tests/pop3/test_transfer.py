@@ -38,8 +38,7 @@ def start(handle, monkeypatch):
     pool, transport = ManualPool(), StringTransport()
     transfer = MessageTransfer(transport, pool)
     opened = defer.Deferred.fromCoroutine(transfer.open(lambda: handle))
-    pool.step()  # open
-    pool.step()  # first chunk
+    pool.step()  # open and read the first chunk
     assert opened.called
     sent = defer.Deferred.fromCoroutine(transfer.send())
     return pool, transport, transfer, sent
@@ -95,3 +94,44 @@ def test_read_error_mid_way_is_a_transfer_failure(monkeypatch):
     while pool.pending:
         pool.step()
     assert failures and failures[0].check(TransferFailed) and handle.closed
+
+
+def test_a_message_shorter_than_a_chunk_takes_one_trip_to_the_pool(monkeypatch):
+    """Opened, read and closed in one worker call: a short read is the end of the file."""
+    monkeypatch.setattr(transfer_module, "CHUNK", 64)
+    handle = io.BytesIO(b"Subject: hi\r\n\r\n.dot\r\n")
+    pool, transport = ManualPool(), StringTransport()
+    transfer = MessageTransfer(transport, pool)
+    opened = defer.Deferred.fromCoroutine(transfer.open(lambda: handle))
+    pool.step()
+    assert opened.called and handle.closed
+    sent = defer.Deferred.fromCoroutine(transfer.send())
+    assert sent.called and pool.pending == []
+    assert transport.value() == b"Subject: hi\r\n\r\n..dot\r\n.\r\n"
+
+
+def test_the_last_chunk_closes_the_file_without_another_read(monkeypatch):
+    """A message of exactly two chunks: two reads, then a short empty one closes it (no extra close trip)."""
+    handle = io.BytesIO(b"01234567")
+    pool, transport, transfer, sent = start(handle, monkeypatch)
+    pool.step()  # "4567"
+    pool.step()  # b"": the end, closed in the same call
+    assert sent.called and handle.closed and pool.pending == []
+    assert transport.value() == b"01234567\r\n.\r\n"
+
+
+def test_a_file_that_cannot_be_read_is_closed_and_reported_before_the_ok(monkeypatch):
+    """A read error on the first chunk is a MailstoreError from open (no +OK yet), and the file is closed."""
+    from continuity.mailstore import MailstoreError
+
+    class Broken(io.BytesIO):
+        def read(self, size=-1):
+            raise OSError(5, "I/O error")
+
+    handle = Broken(b"")
+    pool = ManualPool()
+    transfer = MessageTransfer(StringTransport(), pool)
+    failures = []
+    defer.Deferred.fromCoroutine(transfer.open(lambda: handle)).addErrback(failures.append)
+    pool.step()
+    assert failures and failures[0].check(MailstoreError) and handle.closed
