@@ -17,7 +17,6 @@ import imaplib
 import os
 import poplib
 import shutil
-import signal
 import subprocess
 from pathlib import Path
 
@@ -117,18 +116,6 @@ service pop3-login {{
     def pid(self) -> int:
         assert self.process is not None, "not started"
         return self.process.pid
-
-    def stop(self, timeout: float = 30.0) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
 
     def check(self) -> str:
         """Log in over IMAP and POP3 as the first user; one line saying what each answered."""

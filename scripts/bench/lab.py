@@ -75,13 +75,28 @@ class Benchmark:
 
 
 class Process:
-    """Something a benchmark starts and stops: ``with lab.cleanup.enter_context(thing.started())``."""
+    """Something a benchmark starts and stops: ``with lab.cleanup.enter_context(thing.started())``.
+
+    A subclass that runs one child process keeps it in ``process``; the default
+    :meth:`stop` sends it SIGTERM and kills it if it has not ended in ``stop_timeout``.
+    """
+
+    process: subprocess.Popen | None = None
+    stop_timeout = 30.0
 
     def start(self):
         raise NotImplementedError
 
     def stop(self) -> None:
-        raise NotImplementedError
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(self.stop_timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
     @contextlib.contextmanager
     def started(self) -> Iterator:

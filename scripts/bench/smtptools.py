@@ -31,6 +31,8 @@ class SinkTimeout(Exception):
 class Sink(Process):
     """``smtp-sink`` on 127.0.0.1:``port``; ``messages()`` counts what it received."""
 
+    stop_timeout = 5.0
+
     def __init__(self, workdir: Path, port: int, options: Sequence[str] = ()):
         self.workdir = workdir
         self.port = port
@@ -69,15 +71,6 @@ class Sink(Process):
                 raise SinkTimeout(f"smtp-sink on {self.port}: {self.messages()} of {count} messages after {timeout}s")
             time.sleep(poll)
 
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
 
 
 def smtp_source(port: int, *, messages: int, sessions: int, size: int, sender: str, recipient: str,
