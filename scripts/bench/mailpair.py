@@ -30,7 +30,6 @@ import imaplib
 import os
 import poplib
 import shutil
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -192,9 +191,3 @@ def fetched_messages(response: tuple) -> int:
         raise RuntimeError(f"FETCH answered {status} {data[:1]}")
     return sum(1 for item in data if isinstance(item, tuple))
 
-
-def timed(function) -> tuple[float, object]:
-    """(seconds, result) of ``function()``."""
-    started = time.monotonic()
-    result = function()
-    return time.monotonic() - started, result
