@@ -178,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
               f"Twisted {machine['twisted']}, Postfix {machine['postfix']}, Dovecot {machine['dovecot']}; "
               f"{args.rounds} round(s), {load} load.")
     table = table_rows(rows, previous)
-    path = write(args.output, stem, table, header, facts)
-    print(markdown(table, header))
+    path = write(args.output, stem, table, header, facts, measured)
+    print(markdown(table, header, measured))
     print(f"bench: written to {path}", file=sys.stderr)
     if profile_dir is not None:
         for raw in sorted(profile_dir.glob("*.txt")):

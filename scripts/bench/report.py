@@ -76,7 +76,8 @@ def _number(value: float) -> str:
     return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
-def markdown(rows: Sequence[Row], header: str) -> str:
+def markdown(rows: Sequence[Row], header: str, measured: str = "") -> str:
+    """The table; a row measured in an earlier run than ``measured`` (kept by ``--only``) says when."""
     lines = [header, "",
              "| figure | ours: median (min–max) | peer: median (min–max) | ratio | bar | result | our CPU s/msg |",
              "|---|---|---|---|---|---|---|"]
@@ -90,6 +91,8 @@ def markdown(rows: Sequence[Row], header: str) -> str:
             result = "pass" if row.passed else "FAIL"
         if row.load == "quick" and row.ours:
             result += " (quick load)"
+        if row.ours and measured and row.measured and row.measured != measured:
+            result += f" (run of {row.measured})"
         ratio = f"{row.ratio:.3g}x" if row.ratio is not None else "-"
         cpu = f"{row.cpu_per_message:.5f}" if row.cpu_per_message is not None else "-"
         lines.append(f"| {figure} | {_spread(row.ours)} | {_spread(row.peer, row.peer_label)} | {ratio} | "
@@ -122,10 +125,10 @@ def table_rows(measured: dict[str, Row], previous: dict[str, Row]) -> list[Row]:
     return rows
 
 
-def write(directory: Path, stem: str, rows: Sequence[Row], header: str, facts: dict) -> Path:
+def write(directory: Path, stem: str, rows: Sequence[Row], header: str, facts: dict, measured: str = "") -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / f"{stem}.json").write_text(json.dumps({**facts, "rows": [attrs.asdict(r) for r in rows]},
                                                        indent=2) + "\n")
     path = directory / f"{stem}.md"
-    path.write_text(markdown(rows, header))
+    path.write_text(markdown(rows, header, measured))
     return path
