@@ -66,8 +66,8 @@ class Recovery(Benchmark):
     def start(self, lab: Lab) -> None:
         self.messages = MESSAGES.size(lab.quick) // len(USERS) * len(USERS)
         self.relay_messages = RELAY_MESSAGES.size(lab.quick)
-        self.sink = lab.cleanup.enter_context(Sink(lab.path("recovery", "sink"), free_port()).started())
-        self.service = lab.cleanup.enter_context(
+        self.sink = lab.benchmark_cleanup.enter_context(Sink(lab.path("recovery", "sink"), free_port()).started())
+        self.service = lab.benchmark_cleanup.enter_context(
             Ours(lab.path("recovery", "ours"), {"smtp": free_port()}).started())
         self.service.add_domain(RECOVERY_DOMAIN, self.sink.address, "--activation", "manual", users=USERS)
         self.service.add_domain(RELAY_DOMAIN, self.sink.address)

@@ -82,11 +82,12 @@ class InboundRelay(Benchmark):
 
     def start(self, lab: Lab) -> None:
         self.messages = MESSAGES.size(lab.quick)
-        self.our_sink = lab.cleanup.enter_context(Sink(lab.path("relay", "sink-ours"), free_port()).started())
-        self.peer_sink = lab.cleanup.enter_context(Sink(lab.path("relay", "sink-peer"), free_port()).started())
-        self.service = lab.cleanup.enter_context(Ours(lab.path("relay", "ours"), {"smtp": free_port()}).started())
+        keep = lab.benchmark_cleanup.enter_context
+        self.our_sink = keep(Sink(lab.path("relay", "sink-ours"), free_port()).started())
+        self.peer_sink = keep(Sink(lab.path("relay", "sink-peer"), free_port()).started())
+        self.service = keep(Ours(lab.path("relay", "ours"), {"smtp": free_port()}).started())
         self.service.add_domain(RELAY_DOMAIN, self.our_sink.address)
-        self.postfix = lab.cleanup.enter_context(Postfix(lab.path("relay", "postfix"), free_port(), {
+        self.postfix = keep(Postfix(lab.path("relay", "postfix"), free_port(), {
             "relay_domains": RELAY_DOMAIN,
             "relay_transport": f"smtp:[127.0.0.1]:{self.peer_sink.port}",
         }).started())
@@ -115,9 +116,10 @@ class InboundEmergency(Benchmark):
     def start(self, lab: Lab) -> None:
         self.messages = MESSAGES.size(lab.quick) // len(USERS) * len(USERS)
         # The customer's server is down: it answers every connection with 4xx.
-        failing = lab.cleanup.enter_context(
+        failing = lab.benchmark_cleanup.enter_context(
             Sink(lab.path("emergency", "sink"), free_port(), options=("-r", "CONNECT")).started())
-        self.service = lab.cleanup.enter_context(Ours(lab.path("emergency", "ours"), {"smtp": free_port()}).started())
+        self.service = lab.benchmark_cleanup.enter_context(
+            Ours(lab.path("emergency", "ours"), {"smtp": free_port()}).started())
         self.service.add_domain(EMERGENCY_DOMAIN, failing.address, "--activation", "auto", users=USERS)
         self.service.ctl("emergency", "start", EMERGENCY_DOMAIN)
         wait_until(lambda: self.service.mode(EMERGENCY_DOMAIN) == "emergency", 30, "emergency mode", poll=0.2)
@@ -127,7 +129,7 @@ class InboundEmergency(Benchmark):
         self.mail_base.mkdir(exist_ok=True)
         shutil.chown(self.mail_base, "nobody", "nogroup")  # the virtual agent writes as virtual_uid_maps says
         mailboxes = "".join(f"{user}@{EMERGENCY_DOMAIN} {EMERGENCY_DOMAIN}/{user}/\n" for user in USERS)
-        self.postfix = lab.cleanup.enter_context(Postfix(root, free_port(), {
+        self.postfix = lab.benchmark_cleanup.enter_context(Postfix(root, free_port(), {
             "virtual_mailbox_domains": EMERGENCY_DOMAIN,
             "virtual_mailbox_maps": "texthash:{conf}/vmailbox",
             "virtual_mailbox_base": str(self.mail_base),

@@ -110,6 +110,7 @@ def run_benchmark(lab: Lab, benchmark: Benchmark, rounds: int, measured: str, lo
     finally:
         try:
             benchmark.stop(lab)
+            lab.benchmark_done()
         except Exception:
             traceback.print_exc()
     return Row.of(benchmark, ours, peer, error, measured, load)

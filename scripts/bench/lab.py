@@ -3,9 +3,11 @@
 A benchmark family is a module ``bench_*.py`` beside this one with a list
 ``BENCHMARKS`` of :class:`Benchmark` objects; the harness finds it by name.
 A :class:`Benchmark` starts what it needs in :meth:`Benchmark.start` (peers
-under ``lab.path(...)``, registered with ``lab.cleanup`` so they are stopped
-even when a round fails), then the harness calls ``ours`` and ``peer``
-alternately, round after round, and each returns a :class:`Sample`.
+under ``lab.path(...)``, registered with ``lab.benchmark_cleanup`` so they are
+stopped when the benchmark is done, even when a round fails, or with
+``lab.cleanup`` when later benchmarks share them), then the harness calls
+``ours`` and ``peer`` alternately, round after round, and each returns a
+:class:`Sample`.
 """
 
 from __future__ import annotations
@@ -117,7 +119,9 @@ class Lab:
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o755)  # Postfix, Dovecot and smtp-sink drop to their own users
         self.profile_dir = profile_dir
-        self.cleanup = contextlib.ExitStack()
+        self.cleanup = contextlib.ExitStack()  # closed at the end of the run
+        #: Closed when the current benchmark is done: its peers do not idle on during the next ones.
+        self.benchmark_cleanup = contextlib.ExitStack()
 
     def path(self, *parts: str) -> Path:
         path = self.root.joinpath(*parts)
@@ -129,7 +133,12 @@ class Lab:
         """Where ``--profile`` puts the py-spy samples of round ``name`` (None when not profiling)."""
         return self.profile_dir / f"{name}.txt" if self.profile_dir is not None else None
 
+    def benchmark_done(self) -> None:
+        self.benchmark_cleanup.close()
+        self.benchmark_cleanup = contextlib.ExitStack()
+
     def close(self) -> None:
+        self.benchmark_cleanup.close()
         self.cleanup.close()
         if not self.keep:
             shutil.rmtree(self.root, ignore_errors=True)
