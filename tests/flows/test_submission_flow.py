@@ -219,11 +219,12 @@ def test_relay_networks_relay_outbound_on_smtp_without_auth(msa, internet):
     assert rows[0]["status"] == "sent"
 
 
-def test_outage_cs_sent_once_across_a_sigkill_in_recovery(tmp_path, smtp_sink, internet):
+def test_outage_cs_sent_once_across_a_sigkill_in_recovery(tmp_path, smtp_sink, internet, request):
     """Upstream down: mail sent via 587 reaches the Internet and the colleague's mailbox; at recovery the
     upstream gets the INBOX mail and one (CS-SENT) copy per sent message, even after a SIGKILL mid-recovery."""
     failing = smtp_sink("-r", "RCPT")
     msa = MSA(tmp_path, internet).start()
+    request.addfinalizer(lambda: msa.service.stop(signal.SIGKILL))  # a failed assertion leaves no service behind
     msa.domain(failing.address, "alice@example.com", "bob@example.com")
     # The outage: the first inbound message puts the domain in emergency mode.
     for number in range(4):
