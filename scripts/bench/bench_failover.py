@@ -149,8 +149,8 @@ class FailoverLatency(Benchmark):
 
     def start(self, lab: Lab) -> None:
         self.upstream = FlakyUpstream(free_port()).start()
-        lab.cleanup.callback(self.upstream.stop)
-        self.service = lab.cleanup.enter_context(Ours(
+        lab.benchmark_cleanup.callback(self.upstream.stop)
+        self.service = lab.benchmark_cleanup.enter_context(Ours(
             lab.path(self.name, "ours"), {"smtp": free_port(), "imap": free_port()},
             relay={"probe_interval": 1, "timeout": 5}, tls={"require_tls_for_auth": False}).started())
         self.service.add_domain(DOMAIN, self.upstream.address, "--activation", "auto", users=["user0"],

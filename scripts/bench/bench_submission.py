@@ -116,9 +116,10 @@ class Submission(Benchmark):
         cert, key = root / "cert.pem", root / "key.pem"
         generate_self_signed("mx.bench.test", str(cert), str(key))
         key.chmod(0o644)  # a throw-away benchmark key, read by Postfix's smtpd as well
-        self.our_sink = lab.cleanup.enter_context(Sink(lab.path(self.name, "sink-ours"), free_port()).started())
-        self.peer_sink = lab.cleanup.enter_context(Sink(lab.path(self.name, "sink-peer"), free_port()).started())
-        self.service = lab.cleanup.enter_context(Ours(
+        stack = lab.benchmark_cleanup  # all stopped when this benchmark is done
+        self.our_sink = stack.enter_context(Sink(lab.path(self.name, "sink-ours"), free_port()).started())
+        self.peer_sink = stack.enter_context(Sink(lab.path(self.name, "sink-peer"), free_port()).started())
+        self.service = stack.enter_context(Ours(
             lab.path(self.name, "ours"), {"submission": free_port()},
             tls={"certificate": str(cert), "key": str(key)},
             outbound={"smarthost": self.our_sink.address},
@@ -127,13 +128,13 @@ class Submission(Benchmark):
         add_users(self.service, self.senders)
         dovecot_root = lab.path(self.name, "dovecot")
         auth_socket = dovecot_root / "auth-postfix"
-        lab.cleanup.enter_context(Dovecot(
+        stack.enter_context(Dovecot(
             dovecot_root, free_port(), free_port(), {sender: PASSWORD for sender in self.senders},
             hashes=dovecot_hashes(self.senders),
             extra=f"service auth {{\n  unix_listener {auth_socket} {{\n    mode = 0666\n  }}\n}}\n").started())
         wait_until(auth_socket.exists, 30, "Dovecot's auth socket")
         logins = "".join(f"{sender} {sender}\n" for sender in self.senders)
-        self.postfix = lab.cleanup.enter_context(SubmissionPostfix(
+        self.postfix = stack.enter_context(SubmissionPostfix(
             lab.path(self.name, "postfix"), free_port(), {
                 "relayhost": f"[127.0.0.1]:{self.peer_sink.port}",
                 "smtpd_tls_cert_file": str(cert),
