@@ -37,6 +37,7 @@ faster server leaves more of the two cores to the client).
 
 from __future__ import annotations
 
+import abc
 import imaplib
 import math
 import statistics
@@ -77,18 +78,18 @@ class _PairBenchmark(Benchmark):
     def peer(self, lab: Lab, round_number: int) -> Sample:
         return self.measure(lab, self.pair.dovecot.imap_port, None)
 
+    @abc.abstractmethod
     def measure(self, lab: Lab, port: int, pid: int | None) -> Sample:
         """One round against ``port``; ``pid`` is our server's (for its CPU), None for the peer."""
-        raise NotImplementedError
 
 
 class _FetchBenchmark(_PairBenchmark):
     unit = "msg/s"
     repeat = FETCHES
 
+    @abc.abstractmethod
     def command(self, imap: imaplib.IMAP4) -> int:
         """Run the timed command; return how many messages it answered for."""
-        raise NotImplementedError
 
     def measure(self, lab: Lab, port: int, pid: int | None) -> Sample:
         imap = self.pair.imap(port)

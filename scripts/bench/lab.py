@@ -12,6 +12,7 @@ stopped when the benchmark is done, even when a round fails, or with
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import os
 import shutil
@@ -47,7 +48,7 @@ class Load:
         return self.quick if quick else self.full
 
 
-class Benchmark:
+class Benchmark(abc.ABC):
     """One row of the table. Subclasses set the class attributes and implement the three steps."""
 
     name = ""  # for --only
@@ -60,11 +61,13 @@ class Benchmark:
     def start(self, lab: "Lab") -> None:
         """Start peers and our service (once for all rounds)."""
 
+    @abc.abstractmethod
     def ours(self, lab: "Lab", round_number: int) -> Sample:
-        raise NotImplementedError
+        """One round against our service."""
 
+    @abc.abstractmethod
     def peer(self, lab: "Lab", round_number: int) -> Sample:
-        raise NotImplementedError
+        """One round against the peer (Postfix or Dovecot)."""
 
     def stop(self, lab: "Lab") -> None:
         """Stop what ``start`` started that ``lab.cleanup`` does not."""
@@ -76,7 +79,7 @@ class Benchmark:
         return ratio >= self.bar if self.higher_is_better else ratio <= self.bar
 
 
-class Process:
+class Process(abc.ABC):
     """Something a benchmark starts and stops: ``with lab.cleanup.enter_context(thing.started())``.
 
     A subclass that runs one child process keeps it in ``process``; the default
@@ -86,8 +89,9 @@ class Process:
     process: subprocess.Popen | None = None
     stop_timeout = 30.0
 
+    @abc.abstractmethod
     def start(self):
-        raise NotImplementedError
+        """Start it; return self once it serves."""
 
     def stop(self) -> None:
         process, self.process = self.process, None
