@@ -20,7 +20,6 @@ Every listener that takes a password goes through :class:`Authenticator`:
 
 from __future__ import annotations
 
-import collections
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -35,6 +34,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
+from continuity.counters import SlidingWindow
 from continuity.directory.store import Directory, User
 from continuity.errors import InvalidAddress, NotFound
 
@@ -43,9 +43,6 @@ WINDOW = 600.0
 #: The delay before answering the first failure; it doubles with each further one.
 FIRST_DELAY = 0.5
 MAX_DELAY = 8.0
-#: Bound on the number of IPs and accounts remembered, so a flood of made-up
-#: names cannot grow memory without limit (the oldest are forgotten first).
-MAX_TRACKED = 100_000
 
 RunBlocking = Callable[..., Awaitable[Any]]
 
@@ -146,44 +143,13 @@ def _nothing() -> None:
     return None
 
 
-class _Failures:
-    """Failure times per key in the window, oldest keys forgotten first."""
-
-    def __init__(self, clock: Callable[[], float]):
-        self._clock = clock
-        self._times: collections.OrderedDict[str, collections.deque] = collections.OrderedDict()
-
-    def count(self, key: str) -> int:
-        times = self._times.get(key)
-        if not times:
-            return 0
-        horizon = self._clock() - WINDOW
-        while times and times[0] <= horizon:
-            times.popleft()
-        if not times:
-            del self._times[key]
-            return 0
-        return len(times)
-
-    def add(self, key: str) -> int:
-        times = self._times.pop(key, None) or collections.deque()
-        times.append(self._clock())
-        self._times[key] = times
-        while len(self._times) > MAX_TRACKED:
-            self._times.popitem(last=False)
-        return self.count(key)
-
-    def clear(self, key: str) -> None:
-        self._times.pop(key, None)
-
-
 class LoginThrottle:
     """Failed logins per client IP and per account (see the module docstring)."""
 
     def __init__(self, clock: Callable[[], float], max_failures: int):
         self.max_failures = max_failures
-        self._ips = _Failures(clock)
-        self._accounts = _Failures(clock)
+        self._ips = SlidingWindow(clock, WINDOW)
+        self._accounts = SlidingWindow(clock, WINDOW)
 
     def refused(self, ip: str, account: str) -> bool:
         """Whether a login from ``ip`` for ``account`` is refused without checking it."""

@@ -54,7 +54,7 @@ from continuity.imap.parser import (
 )
 from continuity.mailstore import InvalidFlags, InvalidMailboxName, MailboxExists, MailboxNotFound, MailstoreError
 from continuity.mailstore import KeywordLimit, MailboxRefused, MessageExpunged
-from continuity.pop3.server import ConnectionCounter
+from continuity.counters import ConnectionCounter
 from continuity.smtp.server import new_session_id
 
 POSTAUTH_TIMEOUT = 30 * 60  # RFC 3501 5.4: at least 30 minutes once logged in

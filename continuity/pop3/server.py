@@ -34,7 +34,6 @@ import base64
 import binascii
 import re
 import secrets
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -45,6 +44,7 @@ from twisted.mail import pop3 as twisted_pop3
 from twisted.python.failure import Failure
 
 from continuity.config import LimitsConfig
+from continuity.counters import ConnectionCounter
 from continuity.directory.cred import Authenticator, Login, LoginFailed, LoginThrottled
 from continuity.mailstore import MailstoreError, MessageExpunged
 from continuity.pop3 import replies
@@ -137,25 +137,6 @@ def parse_number(argument: str) -> int:
     if not _NUMBER.fullmatch(argument) or int(argument) < 1:
         raise Refusal(replies.BAD_NUMBER.format(argument=replies.printable(argument, 40)))
     return int(argument)
-
-
-class ConnectionCounter:
-    """Simultaneous connections per client IP on one listener (``limits.connections_per_ip``)."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self._open: Counter[str] = Counter()
-
-    def acquire(self, ip: str) -> bool:
-        if self._open[ip] >= self.limit:
-            return False
-        self._open[ip] += 1
-        return True
-
-    def release(self, ip: str) -> None:
-        self._open[ip] -= 1
-        if self._open[ip] <= 0:
-            del self._open[ip]
 
 
 class POP3Server(twisted_pop3.POP3):

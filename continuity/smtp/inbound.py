@@ -13,12 +13,12 @@
 from __future__ import annotations
 
 import ipaddress
-from collections import Counter
 
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from continuity.config import Config
+from continuity.counters import ConnectionCounter
 from continuity.db import SQLThread
 from continuity.directory.store import Directory
 from continuity.envelope import Address, Envelope
@@ -33,19 +33,15 @@ class ConnectionLimit:
     """Simultaneous connections per client IP on one listener (``connections_per_ip``)."""
 
     def __init__(self, limit: int, hostname: str):
-        self._limit = limit
         self._hostname = hostname
-        self._open: Counter[str] = Counter()
+        self._open = ConnectionCounter(limit)
 
     def acquire(self, session: Session) -> None:
-        if self._open[session.peer_ip] >= self._limit:
+        if not self._open.acquire(session.peer_ip):
             raise SMTPReply(421, "4.7.0", f"{self._hostname} Error: too many connections from {session.peer_ip}")
-        self._open[session.peer_ip] += 1
 
     def release(self, session: Session) -> None:
-        self._open[session.peer_ip] -= 1
-        if self._open[session.peer_ip] <= 0:
-            del self._open[session.peer_ip]
+        self._open.release(session.peer_ip)
 
 
 @implementer(ISMTPPolicy)

@@ -20,7 +20,6 @@ Users authenticate (AUTH PLAIN or LOGIN through the shared portal,
 
 from __future__ import annotations
 
-import collections
 import email.utils
 from collections.abc import Callable
 from email.parser import BytesHeaderParser
@@ -30,6 +29,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from continuity.config import Config
+from continuity.counters import SlidingWindow
 from continuity.db import SQLThread
 from continuity.directory.cred import Authenticator, IMailUser, LoginFailed, LoginThrottled
 from continuity.directory.store import Directory, User
@@ -49,22 +49,14 @@ class SendRate:
     """Messages per user in a sliding hour."""
 
     def __init__(self, clock: Callable[[], float], per_hour: int):
-        self._clock = clock
         self._per_hour = per_hour
-        self._sent: dict[str, collections.deque] = {}
-
-    def _recent(self, address: str) -> collections.deque:
-        times = self._sent.setdefault(address, collections.deque())
-        horizon = self._clock() - HOUR
-        while times and times[0] <= horizon:
-            times.popleft()
-        return times
+        self._sent = SlidingWindow(clock, HOUR)
 
     def exceeded(self, address: str) -> bool:
-        return len(self._recent(address)) >= self._per_hour
+        return self._sent.count(address) >= self._per_hour
 
     def count(self, address: str) -> None:
-        self._recent(address).append(self._clock())
+        self._sent.add(address)
 
 
 def owned_addresses(user: User) -> frozenset[str]:
