@@ -44,6 +44,19 @@ class ConnectionLimit:
         self._open.release(session.peer_ip)
 
 
+def trace_header(session: Session, queue_id: str, recipients: list[str], now: float) -> bytes:
+    """Our ``Received:`` field for a message accepted in ``session`` (``for`` only with one recipient)."""
+    return received_header(hostname=session.hostname, helo=session.helo, client_ip=session.peer_ip,
+                           protocol=session.with_protocol, queue_id=queue_id,
+                           recipient=recipients[0] if len(recipients) == 1 else None, now=now)
+
+
+def directions_of(recipients: tuple[Address, ...], hosted: set[str]) -> tuple[str, list[str]]:
+    """Per recipient ``inbound`` (a hosted domain) or ``outbound``; the message is outbound if any is."""
+    directions = ["inbound" if r.domain in hosted else "outbound" for r in recipients]
+    return ("outbound" if "outbound" in directions else "inbound"), directions
+
+
 @implementer(ISMTPPolicy)
 class InboundPolicy:
     """Who may send what to whom on the MX listener."""
@@ -121,13 +134,8 @@ class InboundPolicy:
         found = await self._sql.run(lambda: {d: self._directory.find_domain(d) is not None for d in unseen}) \
             if unseen else {}
         hosted = {d for d, ours in {**seen, **found}.items() if ours}
-        directions = ["inbound" if r.domain in hosted else "outbound" for r in envelope.recipients]
-        header = received_header(
-            hostname=self._config.server.hostname, helo=session.helo, client_ip=session.peer_ip,
-            protocol=session.with_protocol, queue_id=queue_id,
-            recipient=recipients[0] if len(recipients) == 1 else None, now=self._clock.seconds(),
-        )
-        direction = "inbound" if all(d == "inbound" for d in directions) else "outbound"
+        direction, directions = directions_of(envelope.recipients, hosted)
+        header = trace_header(session, queue_id, recipients, self._clock.seconds())
         await self._intake.accept(
             sender=str(envelope.sender) if envelope.sender else "", recipients=recipients, chunks=[header, data],
             direction=direction, origin="smtp", client=session.peer_ip,

@@ -37,9 +37,9 @@ from continuity.envelope import Address, Envelope, parse_address
 from continuity.errors import InvalidAddress
 from continuity.failover.cssent import SentCopies, record_cs_sent_tracking
 from continuity.smtp.codes import SMTPReply, TemporaryFailure
-from continuity.smtp.inbound import ConnectionLimit
+from continuity.smtp.inbound import ConnectionLimit, directions_of, trace_header
 from continuity.smtp.server import ISMTPPolicy, Session
-from continuity.spool.intake import MessageIntake, header_section, message_id_of, received_header
+from continuity.spool.intake import MessageIntake, header_section, message_id_of
 from continuity.spool.store import new_queue_id
 
 HOUR = 3600.0
@@ -161,21 +161,18 @@ class SubmissionPolicy:
             return hosted, own.mode if own is not None else "normal"
 
         hosted, own_mode = await self._sql.run(lookups)
-        directions = ["inbound" if r.domain in hosted else "outbound" for r in envelope.recipients]
-        header = received_header(
-            hostname=self._config.server.hostname, helo=session.helo, client_ip=session.peer_ip,
-            protocol=session.with_protocol, queue_id=queue_id,
-            recipient=recipients[0] if len(recipients) == 1 else None, now=now,
-        )
+        direction, directions = directions_of(envelope.recipients, hosted)
+        header = trace_header(session, queue_id, recipients, now)
         chunks = [header, data]
+        message_id = message_id_of(data)
         cs_sent = own_mode == "emergency"
         if cs_sent:
             await self._io(self._sent_copies.record, queue_id, user.address, user.domain, sender, now,
-                           message_id_of(data), chunks)
+                           message_id, chunks)
         try:
             await self._intake.accept(
                 sender=sender, recipients=recipients, chunks=chunks,
-                direction="outbound" if "outbound" in directions else "inbound", origin="submission",
+                direction=direction, origin="submission",
                 client=session.peer_ip, auth_user=user.address, queue_id=queue_id, directions=directions,
                 extra={"cs_sent": True} if cs_sent else None,
             )
@@ -184,7 +181,7 @@ class SubmissionPolicy:
                 await self._io(self._sent_copies.discard, queue_id)
             raise
         if cs_sent:
-            await self._sql.run(record_cs_sent_tracking, self._directory.db, queue_id, message_id_of(data), sender,
+            await self._sql.run(record_cs_sent_tracking, self._directory.db, queue_id, message_id, sender,
                                 user.address, now)
         self._rate.count(user.address)
         self.log.info("{session}: {queue_id} submitted by {user} from {ip}, {count} recipient(s), {size} bytes"
