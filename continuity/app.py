@@ -23,6 +23,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from continuity import durable, tls
 from continuity.config import IMPLICIT_TLS, LISTENERS, Config
 from continuity.db import Database, SchemaTooNew, SQLThread
+from continuity.directory.cache import DirectoryCache
 from continuity.directory.cred import build_authenticator
 from continuity.directory.store import Directory
 from continuity.failover.cssent import SentCopies
@@ -53,6 +54,7 @@ class Components:
     sent_copies: object = None
     index: object = None
     intake: object = None
+    directory_cache: object = None
 
 
 FactoryBuilder = Callable[[Components, str], IProtocolFactory]
@@ -132,7 +134,7 @@ def _smtp_factory(components: "Components", name: str) -> IProtocolFactory:
     from continuity.smtp.server import SMTPServerFactory
 
     config = components.config
-    policy = InboundPolicy(config, components.sql, components.directory, components.index, components.intake,
+    policy = InboundPolicy(config, components.sql, components.directory_cache, components.index, components.intake,
                            components.reactor)
     return SMTPServerFactory(policy, config.server.hostname, config.limits, tls_context=components.tls_context,
                              auth_enabled=False, require_tls_for_auth=config.tls.require_tls_for_auth,
@@ -145,7 +147,8 @@ def _submission_factory(components: "Components", name: str) -> IProtocolFactory
 
     config = components.config
     policy = SubmissionPolicy(config, components.sql, components.io.run, components.directory, components.intake,
-                              components.authenticator, components.sent_copies, components.reactor)
+                              components.authenticator, components.sent_copies, components.reactor,
+                              components.directory_cache)
     return SMTPServerFactory(policy, config.server.hostname, config.limits, tls_context=components.tls_context,
                              auth_enabled=True, require_tls_for_auth=config.tls.require_tls_for_auth,
                              clock=components.reactor)
@@ -224,7 +227,8 @@ def _delivery(components: Components, root: MultiService) -> None:
         return result.ok, result.detail
 
     monitor = FailoverMonitor(reactor, components.sql, components.directory, config.relay.probe_interval,
-                              probe_domain, runner.reroute, runner.flush, recovery)
+                              probe_domain, runner.reroute, runner.flush, recovery,
+                              mode_written=components.directory_cache.clear)
     runner.failover = monitor
     recovery.still_recovering = monitor.is_recovering
 
@@ -274,6 +278,7 @@ def build_service(config: Config, reactor) -> MultiService:
     io = WorkerThreads(reactor, "io", size=8)
     io.setServiceParent(root)
     components.io = io
+    components.directory_cache = DirectoryCache(reactor, sql, components.directory)
     components.mailstore = MaildirStore(config.mail_root, hostname=config.server.hostname)
     components.sent_copies = SentCopies(config.cs_sent_root)
     components.sent_copies.prepare()

@@ -48,8 +48,10 @@ class FailoverMonitor(Service):
 
     def __init__(self, reactor: IReactorTime, sql: SQLThread, directory: Directory, probe_interval: float,
                  probe: ProbeFunction, reroute: Callable[[str], Awaitable[None]],
-                 release: Callable[[str], Awaitable[None]], recover: Callable[[str], Awaitable[bool]]):
+                 release: Callable[[str], Awaitable[None]], recover: Callable[[str], Awaitable[bool]],
+                 mode_written: Callable[[], None] = lambda: None):
         self._reactor = reactor
+        self._mode_written = mode_written
         self._sql = sql
         self._directory = directory
         self._probe_interval = probe_interval
@@ -178,6 +180,7 @@ class FailoverMonitor(Service):
         writes.add(d)  # before the callbacks: a thread stand-in in tests may have fired it already
 
         def stored(change) -> None:
+            self._mode_written()  # e.g. the SMTP policies' cached answers hold the old mode
             if change is not None:
                 self.log.warn("domain {domain} is now in {mode} mode ({reason})", domain=domain, mode=mode,
                               reason=reason)

@@ -20,7 +20,7 @@ from zope.interface import implementer
 from continuity.config import Config
 from continuity.counters import ConnectionCounter
 from continuity.db import SQLThread
-from continuity.directory.store import Directory
+from continuity.directory.cache import DirectoryCache
 from continuity.envelope import Address, Envelope
 from continuity.smtp.codes import SMTPReply
 from continuity.smtp.server import ISMTPPolicy, Session
@@ -63,7 +63,7 @@ class InboundPolicy:
 
     log = Logger()
 
-    def __init__(self, config: Config, sql: SQLThread, directory: Directory, index: QueueIndex,
+    def __init__(self, config: Config, sql: SQLThread, directory: DirectoryCache, index: QueueIndex,
                  intake: MessageIntake, clock):
         self._config = config
         self._sql = sql
@@ -99,13 +99,7 @@ class InboundPolicy:
         self._hosted[session.session_id] = {}
 
     async def check_recipient(self, session: Session, recipient: Address, raw: str, parameters: dict) -> None:
-        def look_up():
-            # One trip to the SQL thread: the domain, and the user when the mode needs one.
-            domain = self._directory.find_domain(recipient.domain)
-            user = self._directory.resolve(recipient) if domain is not None and domain.mode != "normal" else None
-            return domain, user
-
-        domain, user = await self._sql.run(look_up)
+        domain, user = await self._directory.recipient(recipient)
         self._hosted.setdefault(session.session_id, {})[recipient.domain] = domain is not None
         if domain is None:
             if self._may_relay(session):
@@ -131,8 +125,7 @@ class InboundPolicy:
         # Whether each recipient is ours was decided at RCPT; ask the store only for what was not.
         seen = self._hosted.get(session.session_id, {})
         unseen = {r.domain for r in envelope.recipients} - seen.keys()
-        found = await self._sql.run(lambda: {d: self._directory.find_domain(d) is not None for d in unseen}) \
-            if unseen else {}
+        found = {d: await self._directory.domain(d) is not None for d in unseen}
         hosted = {d for d, ours in {**seen, **found}.items() if ours}
         direction, directions = directions_of(envelope.recipients, hosted)
         header = trace_header(session, queue_id, recipients, self._clock.seconds())

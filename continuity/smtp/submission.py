@@ -31,6 +31,7 @@ from zope.interface import implementer
 from continuity.config import Config
 from continuity.counters import SlidingWindow
 from continuity.db import SQLThread
+from continuity.directory.cache import DirectoryCache
 from continuity.directory.cred import Authenticator, IMailUser, LoginFailed, LoginThrottled
 from continuity.directory.store import Directory, User
 from continuity.envelope import Address, Envelope, parse_address
@@ -97,11 +98,12 @@ class SubmissionPolicy:
     log = Logger()
 
     def __init__(self, config: Config, sql: SQLThread, io: Callable, directory: Directory, intake: MessageIntake,
-                 authenticator: Authenticator, sent_copies: SentCopies, clock):
+                 authenticator: Authenticator, sent_copies: SentCopies, clock, cache: DirectoryCache):
         self._config = config
         self._sql = sql
         self._io = io
         self._directory = directory
+        self._cache = cache
         self._intake = intake
         self._authenticator = authenticator
         self._sent_copies = sent_copies
@@ -138,10 +140,9 @@ class SubmissionPolicy:
         return None
 
     async def check_recipient(self, session: Session, recipient: Address, raw: str, parameters: dict) -> None:
-        domain = await self._sql.run(self._directory.find_domain, recipient.domain)
+        domain, user = await self._cache.recipient(recipient)
         if domain is None or domain.mode == "normal":
             return None
-        user = await self._sql.run(self._directory.resolve, recipient)
         if user is None:
             raise SMTPReply(550, "5.1.1", f"<{raw}>: Recipient address rejected: User unknown")
         return None
@@ -154,13 +155,9 @@ class SubmissionPolicy:
         data = self._complete_headers(user, sender, data, queue_id, now)
         recipients = [str(r) for r in envelope.recipients]
 
-        def lookups():
-            hosted = {d for d in {r.domain for r in envelope.recipients}
-                      if self._directory.find_domain(d) is not None}
-            own = self._directory.find_domain(user.domain)
-            return hosted, own.mode if own is not None else "normal"
-
-        hosted, own_mode = await self._sql.run(lookups)
+        hosted = {d for d in {r.domain for r in envelope.recipients} if await self._cache.domain(d) is not None}
+        own = await self._cache.domain(user.domain)
+        own_mode = own.mode if own is not None else "normal"
         direction, directions = directions_of(envelope.recipients, hosted)
         header = trace_header(session, queue_id, recipients, now)
         chunks = [header, data]

@@ -15,6 +15,7 @@ from twisted.internet.testing import StringTransport
 
 from support import DeliveryStack
 
+from continuity.directory.cache import DirectoryCache
 from continuity.smtp.inbound import InboundPolicy
 from continuity.smtp.server import SMTPServerFactory
 
@@ -55,7 +56,8 @@ def factory(stack: DeliveryStack, **config_changes) -> SMTPServerFactory:
     config = stack.config
     if config_changes:
         config = attrs.evolve(config, **config_changes)
-    policy = InboundPolicy(config, stack.sql, stack.directory, stack.index, stack.intake, stack.clock)
+    cache = DirectoryCache(stack.clock, stack.sql, stack.directory)
+    policy = InboundPolicy(config, stack.sql, cache, stack.index, stack.intake, stack.clock)
     return SMTPServerFactory(policy, HOST, config.limits, tls_context=None, auth_enabled=False,
                              require_tls_for_auth=True, clock=stack.clock)
 
