@@ -189,6 +189,10 @@ class Maildrop:
             raise MessageDeleted(number)
         return self.messages[number - 1]
 
+    def is_deleted(self, number: int) -> bool:
+        """Whether message ``number`` is marked deleted in this session."""
+        return number in self._deleted
+
     def present(self) -> list[MaildropMessage]:
         """The messages not marked deleted, in order."""
         return [message for message in self.messages if message.number not in self._deleted]

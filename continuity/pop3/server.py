@@ -23,6 +23,10 @@ byte-stuffing misses a dot at the start of a message or of a chunk, and its
   maildrop is locked: a second session gets ``-ERR [IN-USE]``;
 - messages are streamed from the worker pool chunk by chunk with back-pressure
   (:class:`~continuity.pop3.transfer.MessageTransfer`), never read whole;
+  small ones that a client retrieves in order are read ahead in one worker
+  call (:class:`~continuity.pop3.readahead.ReadAhead`, bounded per session)
+  and answered from memory in one write, with back-pressure too
+  (:class:`~continuity.pop3.transfer.WriteGate`);
 - every error is a ``-ERR`` reply and the session goes on; bad commands are
   counted and the connection closed after ``max_errors``; an unexpected
   exception is logged with the session id, never shown.
@@ -50,7 +54,8 @@ from continuity.mailstore import MailstoreError, MessageExpunged
 from continuity.pop3 import replies
 from continuity.pop3.lines import RUNAWAY, TOO_LONG, LineBuffer
 from continuity.pop3.maildrop import IMaildrop, Maildrop, MaildropInUse, MessageDeleted, NoSuchMessage, SizeCache
-from continuity.pop3.transfer import MessageTransfer, TransferFailed
+from continuity.pop3.readahead import READ_AHEAD_BYTES, ReadAhead, top_of
+from continuity.pop3.transfer import MessageTransfer, TransferFailed, WriteGate
 
 AUTHORIZATION, TRANSACTION, UPDATE = "AUTHORIZATION", "TRANSACTION", "UPDATE"
 #: RFC 1939 3: the autologout timer is at least 10 minutes.
@@ -163,6 +168,9 @@ class POP3Server(twisted_pop3.POP3):
         self._admitted = False
         self._errors = 0
         self._transfer: MessageTransfer | None = None
+        self._ahead: ReadAhead | None = None
+        self._gate = WriteGate()
+        self._gated = False  # the gate is the transport's producer
 
     # -- connection -----------------------------------------------------------
 
@@ -191,6 +199,9 @@ class POP3Server(twisted_pop3.POP3):
         self.setTimeout(None)
         if self._transfer is not None:
             self._transfer.stopProducing()
+        self._gated = False  # the transport forgets its producer
+        if self._ahead is not None:
+            self._ahead.close()
         if self._admitted:
             self._admitted = False
             self.factory.connections.release(self.peer_ip)
@@ -207,7 +218,13 @@ class POP3Server(twisted_pop3.POP3):
     def _close(self) -> None:
         if not self._closing:
             self._closing = True
+            self._ungate()  # a transport with a producer would wait for it before closing
             self.transport.loseConnection()
+
+    def _ungate(self) -> None:
+        if self._gated:
+            self._gated = False
+            self.transport.unregisterProducer()
 
     # -- replies --------------------------------------------------------------
 
@@ -454,6 +471,7 @@ class POP3Server(twisted_pop3.POP3):
             login.logout()
             return
         self._login, self.maildrop, self.state = login, maildrop, TRANSACTION
+        self._ahead = ReadAhead(maildrop, factory.run_blocking, factory.read_ahead_bytes)
         count, size = maildrop.stat()
         self.log.info("{session_id} {address} opened the maildrop: {count} messages, {size} octets",
                       session_id=self.session_id, address=str(login.address), count=count, size=size)
@@ -493,21 +511,59 @@ class POP3Server(twisted_pop3.POP3):
         lines = [f"{message.number} {message.uidl}" for message in self.maildrop.present()]
         self._multiline(replies.UIDL_OK, lines)
 
-    def do_RETR(self, argument: str) -> defer.Deferred:
+    def do_RETR(self, argument: str) -> defer.Deferred | None:
         message = self._message(argument.strip())
+        wire = self._ahead.take(message.number)
+        if wire is not None:  # read ahead: answered now, without a trip to the worker pool
+            return self._answer_from_memory(message, wire, None)
         return defer.Deferred.fromCoroutine(self._send_message(message, None))
 
-    def do_TOP(self, argument: str) -> defer.Deferred:
+    def do_TOP(self, argument: str) -> defer.Deferred | None:
         parts = argument.split()
         if len(parts) != 2:
             raise Refusal(replies.BAD_SYNTAX)
         message = self._message(parts[0])
         if not _NUMBER.fullmatch(parts[1]):
             raise Refusal(replies.BAD_LINES.format(argument=replies.printable(parts[1], 40)))
-        return defer.Deferred.fromCoroutine(self._send_message(message, int(parts[1])))
+        top_lines = int(parts[1])
+        wire = self._ahead.peek(message.number)  # kept: a RETR of the same message often follows
+        if wire is not None:
+            return self._answer_from_memory(message, top_of(wire, top_lines), top_lines)
+        return defer.Deferred.fromCoroutine(self._send_message(message, top_lines))
+
+    def _answer_from_memory(self, message, body: bytes, top_lines: int | None) -> defer.Deferred | None:
+        """RETR or TOP with a body read ahead (wire form, terminator included): one write.
+
+        Returns a Deferred that holds the next commands while the transport's
+        buffer is full (the client is not reading), else None.
+        """
+        if self._lost or self._closing:
+            return None
+        text = replies.TOP_OK if top_lines is not None else replies.RETR_OK.format(size=message.size)
+        transport = self.transport
+        if not self._gated:
+            transport.registerProducer(self._gate, True)
+            self._gated = True
+        transport.write(b"+OK " + text.encode("ascii") + b"\r\n" + body)
+        if top_lines is None:
+            self.maildrop.retrieved(message.number)
+        self._ahead.served(message.number)  # after the write: the reply goes out first
+        return self._gate.drained() if self._gate.paused else None
 
     async def _send_message(self, message, top_lines: int | None) -> None:
         maildrop = self.maildrop
+        ahead = self._ahead
+        landing = ahead.wait_for(message.number)
+        if landing is not None:  # being read ahead right now: wait for it rather than read it twice
+            await landing
+            wire = ahead.take(message.number) if top_lines is None else ahead.peek(message.number)
+            if wire is not None:
+                drained = self._answer_from_memory(
+                    message, wire if top_lines is None else top_of(wire, top_lines), top_lines)
+                if drained is not None:
+                    await drained
+                return
+            # Not read after all (removed by another tool, too large, a store error): from disk, as ever.
         transfer = MessageTransfer(self.transport, self.factory.run_blocking, top_lines)
         try:
             await transfer.open(maildrop.open_message, message)
@@ -519,6 +575,11 @@ class POP3Server(twisted_pop3.POP3):
                            number=message.number, error=str(error))
             self._fail(replies.BACKEND_ERROR)
             return
+        finally:
+            ahead.served(message.number)  # once this message is read: the read-ahead does not delay it
+        if self._gate.paused:  # a reply before filled the transport: let it drain first
+            await self._gate.drained()
+        self._ungate()  # the transfer is the transport's producer while it streams
         if self._lost:
             await transfer.close()
             return
@@ -540,6 +601,7 @@ class POP3Server(twisted_pop3.POP3):
     def do_DELE(self, argument: str) -> None:
         message = self._message(argument.strip())
         self.maildrop.delete(message.number)
+        self._ahead.forget(message.number)
         self._ok(replies.DELE_OK)
 
     def do_NOOP(self, argument: str) -> None:
@@ -560,6 +622,7 @@ class POP3Server(twisted_pop3.POP3):
             self._close()
             return None
         self.state = UPDATE
+        self._ahead.close()
         return defer.Deferred.fromCoroutine(self._update())
 
     async def _update(self) -> None:
@@ -595,11 +658,14 @@ class POP3ServerFactory(protocol.ServerFactory):
     :param require_tls_for_auth: USER, PASS and AUTH only over TLS.
     :param implicit_tls: the listener wraps connections in TLS (``pop3s``).
     :param clock: the ``IReactorTime`` of the idle timer (default: the global reactor).
+    :param sizes: the RFC 1939 sizes of message files, shared by the sessions.
+    :param read_ahead_bytes: octets of read-ahead one session may hold (:mod:`~continuity.pop3.readahead`).
     """
 
     def __init__(self, authenticator: Authenticator, run_blocking: RunBlocking, hostname: str,
                  limits: LimitsConfig, tls_context: Any = None, require_tls_for_auth: bool = True,
-                 implicit_tls: bool = False, clock: IReactorTime | None = None, sizes: SizeCache | None = None):
+                 implicit_tls: bool = False, clock: IReactorTime | None = None, sizes: SizeCache | None = None,
+                 read_ahead_bytes: int = READ_AHEAD_BYTES):
         self.authenticator = authenticator
         self.run_blocking = run_blocking
         self.hostname = hostname
@@ -609,6 +675,7 @@ class POP3ServerFactory(protocol.ServerFactory):
         self.implicit_tls = implicit_tls
         self.clock = clock
         self.sizes = sizes if sizes is not None else SizeCache()
+        self.read_ahead_bytes = read_ahead_bytes
         self.connections = ConnectionCounter(limits.connections_per_ip)
 
     def buildProtocol(self, addr: object) -> POP3Server:

@@ -130,3 +130,41 @@ class MessageTransfer:
         """The connection is gone: stop after the chunk being read."""
         self._stopped = True
         self.resumeProducing()
+
+
+@implementer(IPushProducer)
+class WriteGate:
+    """The transport's producer while replies are written from memory (read-ahead), for back-pressure.
+
+    A reply written at once never waits for the client; a client that
+    pipelines RETRs and reads nothing would have them pile up in the
+    transport. The server keeps this gate registered while it answers from
+    memory and, once the transport paused it (its buffer is full), holds the
+    next commands until :meth:`drained` fires, as a :class:`MessageTransfer`
+    waits between chunks.
+    """
+
+    def __init__(self) -> None:
+        self.paused = False
+        self._waiters: list[defer.Deferred] = []
+
+    def drained(self) -> defer.Deferred:
+        """Fires when the transport asks for more (at once if it is not paused)."""
+        if not self.paused:
+            return defer.succeed(None)
+        waiter: defer.Deferred = defer.Deferred()
+        self._waiters.append(waiter)
+        return waiter
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def stopProducing(self) -> None:
+        """The connection is gone: release whoever waits (the server then sees it is lost)."""
+        self.resumeProducing()

@@ -1,0 +1,228 @@
+"""Read-ahead of small messages for a POP3 session, so that RETR and TOP of them need no trip to the worker pool.
+
+A client that downloads its maildrop sends ``RETR 1``, ``RETR 2``, ... each
+after the reply to the one before (poplib, Thunderbird, fetchmail without
+pipelining). Answered one by one from disk, every RETR waits for a trip to
+the worker pool (the reactor never reads files itself): a queue put, a
+worker wake-up, the read, a ``callFromThread`` back. That trip, not the
+reading, was most of the time of a RETR of a 4 KB message.
+
+:class:`ReadAhead` watches the numbers a session retrieves. Once the client
+reads on in order, it reads the next messages in one worker call, in the
+background while the client is busy with the reply it has, and keeps their
+wire form (:func:`~continuity.pop3.wire.encode_message`: CRLF line ends,
+dot-stuffed, terminated) in memory; a RETR of one of them is answered at once
+on the reactor. The window starts at :data:`FIRST_WINDOW` octets and doubles
+with each window the client reads, up to :data:`READ_AHEAD_BYTES` per
+session: a client that picks messages here and there causes no read-ahead,
+and one that downloads everything soon gets a large window.
+
+Rules that keep it bounded and consistent:
+
+- what is held (wire form) never exceeds the session's budget; a message
+  larger than :data:`MESSAGE_LIMIT` is never read ahead (it is streamed with
+  back-pressure as before), and a body is forgotten once RETR sent it;
+- a message marked deleted (``DELE``) is dropped and never read ahead;
+- a message another tool removed before it was read ahead is left to the
+  normal path, which answers ``-ERR``; one removed after it was read ahead is
+  sent as it was read (a Maildir message never changes under its name, so it
+  is the same message, as a Dovecot session with the file open would send it);
+- everything is dropped when the session ends (``QUIT``, disconnect);
+- all file I/O runs on the worker pool; the reactor only plans and looks up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from continuity.mailstore import MailstoreError, MessageExpunged
+from continuity.pop3.maildrop import Maildrop, MaildropMessage
+from continuity.pop3.wire import TERMINATOR, TopCut, encode_message
+
+#: Octets of read-ahead (wire form) one session may hold at most.
+READ_AHEAD_BYTES = 1024 * 1024
+#: The first window, once the client reads in order; it doubles with every window read, up to the budget.
+FIRST_WINDOW = 64 * 1024
+#: Larger messages are never read ahead: they are streamed chunk by chunk.
+MESSAGE_LIMIT = 128 * 1024
+#: Message numbers one planning step looks at, at most (a maildrop of huge messages is not scanned whole).
+SCAN_LIMIT = 1024
+
+
+def read_bodies(maildrop: Maildrop, messages: Sequence[MaildropMessage], limit: int) -> dict[int, bytes]:
+    """The wire form of each of ``messages`` that could be read whole within ``limit`` octets (blocking).
+
+    A message removed meanwhile, or larger than ``limit``, is left out (RETR
+    then takes the normal path and answers for it); at any other store error
+    reading stops, as the next files would most likely fail alike.
+    """
+    bodies: dict[int, bytes] = {}
+    for message in messages:
+        try:
+            with maildrop.open_message(message) as handle:
+                data = handle.read(limit + 1)
+        except MessageExpunged:
+            continue
+        except (MailstoreError, OSError):
+            break
+        if len(data) <= limit:
+            bodies[message.number] = encode_message(data)
+    return bodies
+
+
+def top_of(wire: bytes, lines: int) -> bytes:
+    """The reply body of ``TOP msg lines`` cut from a message's wire form (terminator included).
+
+    The wire form differs from the file only by a CR before a bare LF and a
+    dot before a line's leading dot, neither of which changes where a line
+    ends or whether it is empty, so the cut is the one :class:`TopCut` makes
+    on the file.
+    """
+    return TopCut(lines).cut(wire[: -len(TERMINATOR)]) + TERMINATOR
+
+
+class ReadAhead:
+    """The read-ahead of one session over its opened :class:`Maildrop`; see the module docstring.
+
+    :param run_blocking: runs a blocking function on the worker pool, returning a Deferred.
+    """
+
+    log = Logger()
+
+    def __init__(self, maildrop: Maildrop, run_blocking: Callable[..., Awaitable[Any]],
+                 budget: int = READ_AHEAD_BYTES, first_window: int = FIRST_WINDOW,
+                 message_limit: int = MESSAGE_LIMIT):
+        self._maildrop = maildrop
+        self._run = run_blocking
+        self._budget = budget
+        self._first_window = min(first_window, budget)
+        self._window = self._first_window
+        self._message_limit = message_limit
+        self._bodies: dict[int, bytes] = {}
+        self._held = 0  # octets in _bodies
+        self._reading: frozenset[int] = frozenset()  # numbers of the batch on the worker pool
+        self._reserved = 0  # octets planned for that batch
+        self._generation = 0  # a batch of an older generation is thrown away when it lands
+        self._waiters: list[defer.Deferred] = []
+        self._last = 0  # the number last served
+        self._horizon = 0  # every number up to here was planned (read ahead or passed over)
+
+    @property
+    def held(self) -> int:
+        """Octets in memory or being read for this session (never more than the budget)."""
+        return self._held + self._reserved
+
+    def has(self, number: int) -> bool:
+        """Whether the message's wire form is held."""
+        return number in self._bodies
+
+    def peek(self, number: int) -> bytes | None:
+        """The wire form of message ``number`` if held (TOP: it stays for a RETR to follow)."""
+        return self._bodies.get(number)
+
+    def take(self, number: int) -> bytes | None:
+        """The wire form of message ``number`` if held; it is forgotten (RETR sent it)."""
+        body = self._bodies.pop(number, None)
+        if body is not None:
+            self._held -= len(body)
+        return body
+
+    def wait_for(self, number: int) -> defer.Deferred | None:
+        """A Deferred that fires when the batch reading ``number`` landed, or None when none is."""
+        if number not in self._reading:
+            return None
+        waiter: defer.Deferred = defer.Deferred()
+        self._waiters.append(waiter)
+        return waiter
+
+    def forget(self, number: int) -> None:
+        """``DELE``: drop the message (and never read it ahead)."""
+        self.take(number)
+
+    def close(self) -> None:
+        """The session ends: drop everything; a batch still being read is thrown away when it lands."""
+        self._drop()
+        self._horizon = len(self._maildrop.messages)  # nothing more is planned
+
+    def served(self, number: int) -> None:
+        """RETR or TOP of ``number`` is being answered: go on reading ahead if the client reads in order."""
+        in_order = self._last <= number <= self._horizon + 1
+        self._last = number
+        if not in_order:
+            # The client jumped: what was read ahead will likely not be asked for. Start afresh from here.
+            self._drop()
+            self._window = self._first_window
+            self._horizon = number
+            return
+        if self._reading or self._held > self._window // 2:
+            return
+        self._start(number)
+
+    # -- internals --------------------------------------------------------------
+
+    def _drop(self) -> None:
+        self._bodies.clear()
+        self._held = 0
+        self._reading = frozenset()
+        self._reserved = 0
+        self._generation += 1
+        self._wake()
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def _start(self, number: int) -> None:
+        """Plan the next window after ``number`` and read it on the worker pool."""
+        stale = [held for held in self._bodies if held < number]  # passed over by the client
+        for held in stale:
+            self.take(held)
+        maildrop = self._maildrop
+        messages = maildrop.messages
+        room = min(self._window, self._budget) - self._held
+        planned: list[MaildropMessage] = []
+        reserved = 0
+        candidate = max(self._horizon, number) + 1
+        last = min(len(messages), candidate + SCAN_LIMIT - 1)
+        while candidate <= last:
+            message = messages[candidate - 1]
+            if message.size <= self._message_limit and not maildrop.is_deleted(candidate) \
+                    and candidate not in self._bodies:
+                cost = message.size + len(TERMINATOR)
+                if reserved + cost > room:
+                    break
+                planned.append(message)
+                reserved += cost
+            candidate += 1
+        self._horizon = candidate - 1
+        if not planned:
+            return
+        self._window = min(self._window * 2, self._budget)
+        self._reading = frozenset(message.number for message in planned)
+        self._reserved = reserved
+        generation = self._generation
+        d = defer.maybeDeferred(self._run, read_bodies, maildrop, planned, self._message_limit)
+        d.addBoth(self._landed, generation)
+
+    def _landed(self, result: dict[int, bytes] | Failure, generation: int) -> None:
+        if generation != self._generation:
+            return None  # dropped meanwhile (the client jumped, or the session ended)
+        self._reading = frozenset()
+        self._reserved = 0
+        if isinstance(result, Failure):
+            self.log.failure("read-ahead of {address} failed", result, address=str(self._maildrop.address))
+        else:
+            is_deleted = self._maildrop.is_deleted
+            for number, body in result.items():
+                if is_deleted(number) or self._held + len(body) > self._budget:
+                    continue
+                self._bodies[number] = body
+                self._held += len(body)
+        self._wake()
+        return None
