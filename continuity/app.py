@@ -208,7 +208,7 @@ def _delivery(components: Components, root: MultiService) -> None:
     spool = MessageSpool(config.spool_root)
     spool.prepare()
     index = QueueIndex(components.db)
-    intake = MessageIntake(reactor, components.sql, io.run, spool, index)
+    intake = MessageIntake(reactor, components.sql, io, spool, index)
     components.index, components.intake = index, intake
     endpoints_for = hostname_endpoint_factory(reactor)
     pool = ConnectionPool(clock=reactor, hostname=config.server.hostname, endpoint_factory=endpoints_for,
@@ -216,7 +216,7 @@ def _delivery(components: Components, root: MultiService) -> None:
     agents = Agents(config, pool, mailstore, io.run, components.directory, clock=reactor)
     agents.intake = intake
     runner = QueueRunner(reactor, config, components.sql, io.run, index, spool, components.directory, agents)
-    intake.kick = runner.kick
+    intake.kick, intake.claim = runner.kick, runner.claim_new
     recovery = Recovery(components.sql, io.run, components.directory,
                         RecoveryJournal(components.db, reactor.seconds), mailstore, pool, components.sent_copies)
 

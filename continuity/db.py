@@ -309,10 +309,18 @@ class SQLThread(Service):
     def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Deferred[T]:
         """Run ``fn(*args, **kwargs)`` on the SQL thread; its result fires the Deferred once committed."""
         d: Deferred[T] = Deferred()
+        self.submit(d, fn, *args, **kwargs)
+        return d
+
+    def submit(self, d: Deferred[T], fn: Callable[..., T], *args: Any, **kwargs: Any) -> None:
+        """Queue ``fn`` to fire ``d`` (made on the reactor) once committed; safe from any thread.
+
+        An I/O worker hands its result straight on with this (the spool write,
+        then its index rows) instead of a trip back through the reactor.
+        """
         with self._ready:
             self._jobs.append((fn, args, kwargs, d))
             self._ready.notify()
-        return d
 
     def _work(self) -> None:
         while True:

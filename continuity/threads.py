@@ -17,11 +17,13 @@ from typing import Any, TypeVar
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 T = TypeVar("T")
 
 _STOP = object()
+log = Logger()
 
 
 class WorkerThreads(Service):
@@ -57,6 +59,13 @@ class WorkerThreads(Service):
 
     __call__ = run
 
+    def spawn(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Run ``fn`` on a worker with no result for the reactor (fn reports on its own, e.g. to the SQL thread).
+
+        Saves the reactor a wake-up per job; an exception is only logged.
+        """
+        self._jobs.put((fn, args, kwargs, None))
+
     def _work(self) -> None:
         call_from_thread = self._reactor.callFromThread
         while True:
@@ -67,6 +76,10 @@ class WorkerThreads(Service):
             try:
                 result = fn(*args, **kwargs)
             except BaseException:
-                call_from_thread(d.errback, Failure())
+                if d is None:
+                    log.failure("{fn} failed on a worker thread", fn=fn)
+                else:
+                    call_from_thread(d.errback, Failure())
             else:
-                call_from_thread(d.callback, result)
+                if d is not None:
+                    call_from_thread(d.callback, result)

@@ -138,7 +138,7 @@ class DeliveryStack:
         self.agents.intake = self.intake
         self.runner = QueueRunner(self.clock, self.config, self.sql, self.io, self.index, self.spool,
                                   self.directory, self.agents, concurrency=concurrency)
-        self.intake.kick = self.runner.kick
+        self.intake.kick, self.intake.claim = self.runner.kick, self.runner.claim_new
         self.journal = RecoveryJournal(self.db, self.clock.seconds)
         self.recovery = Recovery(self.sql, self.io, self.directory, self.journal, self.mailstore, self.pool)
         self.probes: list[str] = []

@@ -14,7 +14,8 @@ DSN at ``max_queue_age``.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
@@ -57,6 +58,11 @@ class QueueRunner(Service):
         self._call = None
         self._pass_running: Deferred | None = None
         self._again = False
+        # queue id -> whether recipients of it were still pending after the last index change
+        self._still_pending: dict[str, bool] = {}
+        # Spool files of finished messages, removed in batches: one I/O trip each, not one per message.
+        self._finished: list[str] = []
+        self._removing: Deferred | None = None
 
     # -- service ---------------------------------------------------------
 
@@ -74,7 +80,7 @@ class QueueRunner(Service):
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
-        running = [d for d in (self._pass_running, *self._deliveries) if d is not None]
+        running = [d for d in (self._pass_running, self._removing, *self._deliveries) if d is not None]
         return DeferredList(running, consumeErrors=True) if running else None
 
     def _schedule(self, delay: float) -> None:
@@ -105,24 +111,26 @@ class QueueRunner(Service):
         self._pass_running.addErrback(lambda f: self.log.failure("queue pass failed", f))
         self._pass_running.addBoth(done)
 
-    def kick(self, queue_id: str | None = None, message: tuple[str, bytes] | None = None) -> None:
+    def kick(self, queue_id: str | None = None, message: tuple[str, bytes] | None = None,
+             claimed: list | None = None) -> None:
         """Deliver ``queue_id`` now (just spooled), or run a pass soon.
 
         :param message: the sender and the message as spooled, when the caller
             has them in memory (the intake): no read of the spool file then.
+        :param claimed: what :meth:`claim_new` returned for it in the intake's transaction.
         """
         if queue_id is None:
             self._schedule(0)
             return
         if queue_id in self._in_flight or not self.running:
             return
-        d = self._start(queue_id, None, message)
+        d = self._start(queue_id, None, message, claimed)
         d.addErrback(lambda f: self.log.failure("delivery of {queue_id} failed", f, queue_id=queue_id))
 
     def _start(self, queue_id: str, entries: Sequence[QueueEntry] | None,
-               message: tuple[str, bytes] | None = None) -> Deferred:
+               message: tuple[str, bytes] | None = None, claimed: list | None = None) -> Deferred:
         """Deliver one message; the Deferred is kept until it fires (stopService waits for it)."""
-        d = Deferred.fromCoroutine(self._message(queue_id, entries, message))
+        d = Deferred.fromCoroutine(self._message(queue_id, entries, message, claimed))
         self._deliveries.add(d)
 
         def forget(result):
@@ -151,8 +159,20 @@ class QueueRunner(Service):
         intervals = self._config.relay.retry_intervals
         return intervals[min(attempts, len(intervals) - 1)]
 
+    def claim_new(self, entries: Sequence[QueueEntry]) -> list[tuple[QueueEntry, Decision, Domain | None]] | None:
+        """On the SQL thread, in the transaction that indexes a new message: claim its recipients and route them."""
+        if not self.running:
+            return None  # left queued for the next start
+        return self._claim_and_route(entries, self._reactor.seconds())
+
+    def _claim_and_route(self, due: Sequence[QueueEntry], now: float) -> list[tuple[QueueEntry, Decision, Domain | None]]:
+        """On the SQL thread: the attempt counted (its next one moved forward first) and where each copy goes."""
+        attempts = max(e.attempts for e in due)
+        self._index.claim([e.id for e in due], now + self._backoff(attempts))
+        return self._lookups(due)
+
     async def _message(self, queue_id: str, entries: Sequence[QueueEntry] | None,
-                       spooled: tuple[str, bytes] | None = None) -> None:
+                       spooled: tuple[str, bytes] | None = None, decisions: list | None = None) -> None:
         if queue_id in self._in_flight or not self.running:
             return  # being delivered already, or stopping: not started, so not claimed
         self._in_flight.add(queue_id)
@@ -163,13 +183,10 @@ class QueueRunner(Service):
                 # One trip to the SQL thread: what is due, the attempt counted, where each copy goes.
                 due = entries if entries is not None else [
                     e for e in self._index.pending(queue_id) if e.state in ("queued", "deferred")]
-                if not due:
-                    return []
-                attempts = max(e.attempts for e in due)
-                self._index.claim([e.id for e in due], now + self._backoff(attempts))
-                return self._lookups(due)
+                return self._claim_and_route(due, now) if due else []
 
-            decisions = await self._sql.run(claim_and_route)
+            if decisions is None:
+                decisions = await self._sql.run(claim_and_route)
             if not decisions:
                 return
             if spooled is None:
@@ -182,10 +199,45 @@ class QueueRunner(Service):
             sender, message = spooled
             await self._deliver(queue_id, sender, message, [entry for entry, _, _ in decisions], rerouted=False,
                                 decisions=decisions)
-            if not await self._sql.run(self._index.pending, queue_id):
-                await self._io(self._spool.remove, queue_id)
+            pending = self._still_pending.get(queue_id)
+            if pending is None:
+                pending = await self._sql.run(self._index.has_pending, queue_id)
+            if not pending:
+                self._remove(queue_id)
         finally:
             self._in_flight.discard(queue_id)
+            self._still_pending.pop(queue_id, None)
+
+    def _change(self, queue_id: str, fn: Callable[..., None], *args: Any) -> Deferred[None]:
+        """An index change for one message, on the SQL thread; notes whether any of its recipients is left."""
+
+        def change() -> bool:
+            fn(*args)
+            return self._index.has_pending(queue_id)
+
+        return self._sql.run(change).addCallback(lambda pending: self._still_pending.__setitem__(queue_id, pending))
+
+    def _remove(self, queue_id: str) -> None:
+        """Remove a finished message's spool file, in a batch with others finished meanwhile.
+
+        A file left by a stop or a crash is removed at the next start
+        (:meth:`~continuity.spool.intake.MessageIntake.recover_spool`): the index says it is done.
+        """
+        self._finished.append(queue_id)
+        if self._removing is None and self.running:
+            batch, self._finished = self._finished, []
+            self._removing = self._io(self._remove_files, batch)
+            self._removing.addErrback(lambda f: self.log.failure("removing finished spool files failed", f))
+            self._removing.addBoth(self._removed)
+
+    def _remove_files(self, queue_ids: list[str]) -> None:
+        for queue_id in queue_ids:
+            self._spool.remove(queue_id)
+
+    def _removed(self, _) -> None:
+        self._removing = None
+        if self._finished:
+            self._remove(self._finished.pop())
 
     def _lookups(self, entries: Sequence[QueueEntry]) -> list[tuple[QueueEntry, Decision, Domain | None]]:
         """The route of each recipient (on the SQL thread)."""
@@ -221,7 +273,8 @@ class QueueRunner(Service):
             else:
                 outbound.append(entry)
         for reason, group in held.items():
-            await self._sql.run(self._index.defer, group, reason, self._reactor.seconds() + HOLD_HORIZON, "held")
+            await self._change(queue_id, self._index.defer, group, reason, self._reactor.seconds() + HOLD_HORIZON,
+                               "held")
         for name, group in relay.items():
             await self._to_upstream(queue_id, sender, message, domains[name], group, rerouted)
         if outbound:
@@ -236,8 +289,8 @@ class QueueRunner(Service):
                              address=address)
             await self._defer_or_expire(queue_id, sender, message, [entry], f"mailbox delivery failed: {exc}")
             return
-        await self._sql.run(self._index.finish, [entry], "delayed", f"in the continuity mailbox of {address}",
-                            [f"{address}/{ref}"])
+        await self._change(queue_id, self._index.finish, [entry], "delayed",
+                           f"in the continuity mailbox of {address}", [f"{address}/{ref}"])
         self.log.info("{queue_id} delivered to the continuity mailbox of {address}", queue_id=queue_id,
                       address=address)
 
@@ -265,7 +318,7 @@ class QueueRunner(Service):
                 for outcome in delivered:
                     self._index.finish([outcome.entry], delivered_status, outcome.detail)
 
-            await self._sql.run(finish_all)
+            await self._change(queue_id, finish_all)
         for outcome in delivered:
             self.log.info("{queue_id} {status} for {recipient}: {detail}", queue_id=queue_id,
                           status=delivered_status, recipient=outcome.entry.recipient, detail=outcome.detail)
@@ -284,14 +337,14 @@ class QueueRunner(Service):
                                [(e, f"delivery time expired after {e.attempts} attempts: {detail}") for e in expired])
         if waiting:
             attempts = max(e.attempts for e in waiting)
-            await self._sql.run(self._index.defer, waiting, detail, now + self._backoff(attempts))
+            await self._change(queue_id, self._index.defer, waiting, detail, now + self._backoff(attempts))
             self.log.info("{queue_id} deferred for {count} recipient(s): {detail}", queue_id=queue_id,
                           count=len(waiting), detail=detail)
 
     async def _bounce(self, queue_id: str, sender: str, message: bytes,
                       failures: list[tuple[QueueEntry, str]]) -> None:
-        await self._sql.run(self._index.finish, [e for e, _ in failures], "bounced",
-                            "; ".join(sorted({d for _, d in failures})))
+        await self._change(queue_id, self._index.finish, [e for e, _ in failures], "bounced",
+                           "; ".join(sorted({d for _, d in failures})))
         self.log.info("{queue_id} bounced for {count} recipient(s)", queue_id=queue_id, count=len(failures))
         if sender:  # never a DSN to the null sender (RFC 5321 6.1)
             await self._agents.notify_sender(queue_id, sender, message, failures)

@@ -62,10 +62,10 @@ class QueueIndex:
 
     # -- adding ----------------------------------------------------------
 
-    def add(self, envelope: SpoolEnvelope, size: int, directions: Sequence[str] | None = None) -> list[int]:
-        """Index a spooled message: one queued row and one tracking row per recipient."""
+    def add(self, envelope: SpoolEnvelope, size: int, directions: Sequence[str] | None = None) -> list[QueueEntry]:
+        """Index a spooled message: one queued row and one tracking row per recipient; return the rows."""
         now = self._clock()
-        ids = []
+        entries = []
         with self.db.transaction() as conn:
             if conn.execute("SELECT 1 FROM messages WHERE queue_id = ?", (envelope.queue_id,)).fetchone():
                 return []
@@ -82,13 +82,17 @@ class QueueIndex:
                     recipient=recipient, direction=direction, status="received", now=now,
                     detail=f"from {envelope.client or envelope.origin}",
                 )
+                domain = recipient_domain(recipient)
                 cursor = conn.execute(
                     "INSERT INTO queue (queue_id, recipient, domain, direction, state, next_attempt, tracking_id)"
                     " VALUES (?, ?, ?, ?, 'queued', ?, ?)",
-                    (envelope.queue_id, recipient, recipient_domain(recipient), direction, now, tracking_id),
+                    (envelope.queue_id, recipient, domain, direction, now, tracking_id),
                 )
-                ids.append(cursor.lastrowid)
-        return ids
+                entries.append(QueueEntry(
+                    id=cursor.lastrowid, queue_id=envelope.queue_id, recipient=recipient, domain=domain,
+                    direction=direction, state="queued", attempts=0, next_attempt=now, last_error=None,
+                    tracking_id=tracking_id, sender=envelope.sender, received=envelope.received))
+        return entries
 
     def record_rejection(self, sender: str, recipient: str, detail: str, direction: str = "inbound") -> None:
         """Track a recipient refused during the SMTP dialogue (no message was spooled)."""
@@ -110,6 +114,10 @@ class QueueIndex:
     def next_due(self) -> float | None:
         row = self.db.read("SELECT MIN(next_attempt) FROM queue WHERE state IN ('queued', 'deferred')")
         return row[0][0]
+
+    def has_pending(self, queue_id: str) -> bool:
+        """Whether any recipient of the message is not done yet (else its spool file can go)."""
+        return bool(self.db.read("SELECT 1 FROM queue WHERE queue_id = ? AND state != 'done' LIMIT 1", (queue_id,)))
 
     def pending(self, queue_id: str) -> list[QueueEntry]:
         return [_entry(r) for r in self.db.read(

@@ -1,8 +1,8 @@
 """Taking a message into the spool: the one path behind every ``250`` and every generated message.
 
 ``accept()`` writes the spool file durably (on the I/O thread pool), indexes
-its recipients (on the SQL thread) and wakes the queue runner. Only when it
-returns may the SMTP server answer ``250``. SMTP inbound, submission, DSNs and
+its recipients (on the SQL thread, handed on by the I/O worker) and wakes the
+queue runner. Only when it returns may the SMTP server answer ``250``. SMTP inbound, submission, DSNs and
 CS-SENT copies all come through here.
 """
 
@@ -11,11 +11,14 @@ from __future__ import annotations
 import email.utils
 import re
 from collections.abc import Callable, Sequence
+from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
 from continuity.db import SQLThread
-from continuity.spool.index import QueueIndex
+from continuity.spool.index import QueueEntry, QueueIndex
 from continuity.spool.store import MessageSpool, SpoolEnvelope, new_queue_id
 
 _MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(.*?)\r?$", re.IGNORECASE | re.MULTILINE)
@@ -54,17 +57,31 @@ def received_header(*, hostname: str, helo: str | None, client_ip: str | None, p
     return text.encode("utf-8", "replace")
 
 
-class MessageIntake:
-    """Durable acceptance of new messages."""
+def _raise(failure: Failure) -> None:
+    failure.raiseException()
 
-    def __init__(self, reactor: IReactorTime, sql: SQLThread, io: Callable, spool: MessageSpool,
-                 index: QueueIndex, kick: Callable[[str, tuple[str, bytes] | None], None] | None = None):
+
+class MessageIntake:
+    """Durable acceptance of new messages.
+
+    The spool file is written on an I/O worker, which hands the index job
+    straight to the SQL thread: the reactor hears back once, when both are
+    durable. When the queue runner sets :attr:`claim`, the same transaction
+    claims the new recipients and routes them, so the runner starts the
+    delivery with no trip of its own.
+    """
+
+    def __init__(self, reactor: IReactorTime, sql: SQLThread, io, spool: MessageSpool,
+                 index: QueueIndex, kick: Callable[..., None] | None = None):
         self._reactor = reactor
         self._sql = sql
         self._io = io
         self._spool = spool
         self._index = index
+        #: ``kick(queue_id, message, claimed)``: deliver the new message now.
         self.kick = kick
+        #: On the SQL thread, with the new rows: claim and route them (the result is passed to ``kick``).
+        self.claim: Callable[[list[QueueEntry]], Any] | None = None
 
     async def accept(self, *, sender: str, recipients: Sequence[str], chunks: Sequence[bytes], direction: str,
                      origin: str, client: str | None = None, auth_user: str | None = None,
@@ -80,14 +97,30 @@ class MessageIntake:
             message_id=message_id_of(b"".join(chunk[:HEADER_LIMIT] for chunk in chunks[:2])),
             extra=dict(extra or {}),
         )
-        size = await self._io(self._spool.write, envelope, chunks)
-        await self._sql.run(self._index.add, envelope, size, directions)
+        indexed: Deferred[tuple[int, Any]] = Deferred()
+        self._io.spawn(self._write_then_index, envelope, chunks, directions, indexed)
+        size, claimed = await indexed
         if self.kick is not None:
             # A small message goes to the runner from memory (no read of the file just
             # written); a large one is read back on an I/O thread, not joined here.
             small = size <= HANDOFF_LIMIT
-            self.kick(queue_id, (sender, b"".join(chunks)) if small else None)
+            self.kick(queue_id, (sender, b"".join(chunks)) if small else None, claimed)
         return queue_id
+
+    def _write_then_index(self, envelope: SpoolEnvelope, chunks: Sequence[bytes], directions: Sequence[str] | None,
+                          indexed: Deferred) -> None:
+        """On an I/O worker: the durable spool file, then the index job handed to the SQL thread."""
+        try:
+            size = self._spool.write(envelope, chunks)
+        except Exception:
+            # Reported by the SQL thread as well, so ``indexed`` is fired from one place only.
+            self._sql.submit(indexed, _raise, Failure())
+            return
+        self._sql.submit(indexed, self._index_job, envelope, size, directions)
+
+    def _index_job(self, envelope: SpoolEnvelope, size: int, directions: Sequence[str] | None) -> tuple[int, Any]:
+        entries = self._index.add(envelope, size, directions)
+        return size, self.claim(entries) if self.claim is not None and entries else None
 
     async def recover_spool(self) -> tuple[int, int]:
         """At start-up: index spool files a crash left unindexed, remove finished ones."""

@@ -36,6 +36,13 @@ class InlineThread:
 
     __call__ = run
 
+    def submit(self, d: Deferred[T], fn: Callable[..., T], *args: Any, **kwargs: Any) -> None:
+        self.run(fn, *args, **kwargs).chainDeferred(d)
+
+    def spawn(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        self.jobs += 1
+        fn(*args, **kwargs)
+
 
 class QueuedThread:
     """Keeps jobs until :meth:`run_pending`, then runs them in the order they were submitted."""
@@ -49,10 +56,16 @@ class QueuedThread:
 
     def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Deferred[T]:
         d: Deferred[T] = Deferred()
-        self._jobs.append((fn, args, kwargs, d))
+        self.submit(d, fn, *args, **kwargs)
         return d
 
     __call__ = run
+
+    def submit(self, d: Deferred[T], fn: Callable[..., T], *args: Any, **kwargs: Any) -> None:
+        self._jobs.append((fn, args, kwargs, d))
+
+    def spawn(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        self.submit(Deferred(), fn, *args, **kwargs)
 
     def run_pending(self) -> int:
         """Run jobs (also those their results submit) until none is left; return how many ran."""

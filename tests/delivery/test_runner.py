@@ -36,6 +36,16 @@ def test_delivered_recipients_are_relayed_and_done(stack):
     assert not stack.spool.exists(queue_id)
 
 
+def test_a_relayed_message_costs_two_sql_jobs_and_two_io_jobs(stack):
+    """Index + claim + route in one SQL job, the outcome + what is left in another; spool write and removal."""
+    stack.domain()
+    sql, io = stack.sql.jobs, stack.io.jobs
+    queue_id = stack.accept(["bob@example.com"])
+    assert [e.state for e in stack.queue(queue_id)] == ["done"]
+    assert (stack.sql.jobs - sql, stack.io.jobs - io) == (2, 2)
+    assert not stack.spool.exists(queue_id)
+
+
 def test_next_attempt_is_moved_forward_before_the_attempt(stack):
     """While the upstream has not answered, the attempt is counted and next_attempt already lies ahead."""
     stack.domain(activation="manual")

@@ -31,7 +31,7 @@ class Parts:
         self.index = QueueIndex(self.db, clock=self.clock.seconds)
         self.kicked: list[str] = []
         self.intake = MessageIntake(self.clock, InlineThread(), InlineThread(), self.spool, self.index,
-                                    lambda queue_id, message: self.kicked.append(queue_id))
+                                    lambda queue_id, message, claimed: self.kicked.append(queue_id))
 
     def run(self, coroutine):
         results = []
@@ -123,3 +123,26 @@ def test_received_header_names_the_client_us_and_the_queue_id():
                              b" with ESMTPS id Q1\r\n\tfor <bob@example.com>;\r\n\t")
     date = header.rsplit(b"\t", 1)[1].decode().strip()
     assert email.utils.parsedate_to_datetime(date).timestamp() == NOW
+
+
+def test_a_failed_spool_write_fails_accept_and_indexes_nothing(parts, monkeypatch):
+    """Disk full while writing: accept() fails (the server answers 4xx), no row is indexed, nothing is kicked."""
+
+    def full(envelope, chunks):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(parts.spool, "write", full)
+    failure = parts.run(parts.intake.accept(sender="alice@sender.example", recipients=["bob@example.com"],
+                                            chunks=[MESSAGE], direction="inbound", origin="smtp"))
+    assert failure.check(OSError)
+    assert parts.index.known_queue_ids() == set() and parts.kicked == []
+
+
+def test_the_runner_claims_in_the_transaction_that_indexes(parts):
+    """With a claim hook, the rows are claimed in the index job and its answer goes to kick."""
+    claimed = []
+    parts.intake.claim = lambda entries: claimed.append([e.recipient for e in entries]) or "routes"
+    parts.intake.kick = lambda queue_id, message, routes: parts.kicked.append((queue_id, message, routes))
+    queue_id = parts.accept(["bob@example.com"])
+    assert claimed == [["bob@example.com"]]
+    assert parts.kicked == [(queue_id, ("alice@sender.example", b"Received: by us\r\n" + MESSAGE), "routes")]

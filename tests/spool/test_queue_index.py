@@ -47,8 +47,9 @@ def statuses(index: QueueIndex, tracking_id: int) -> list[str]:
 
 def test_add_queues_each_recipient_with_a_received_tracking_row(index):
     """Each recipient gets a queued row due now and a tracking row with the event received."""
-    assert len(add(index, "Q1", ["bob@example.com", "Carol@Other.example"])) == 2
+    added = add(index, "Q1", ["bob@example.com", "Carol@Other.example"])
     bob, carol = index.pending("Q1")
+    assert added == [bob, carol]  # add() returns the rows as pending() reads them
     assert (bob.state, bob.attempts, bob.next_attempt, bob.domain) == ("queued", 0, NOW, "example.com")
     assert carol.domain == "other.example"
     assert (bob.sender, bob.received) == ("alice@sender.example", NOW)
@@ -86,8 +87,8 @@ def test_due_returns_queued_and_deferred_whose_time_has_come_oldest_first(index)
 
 def test_claim_counts_the_attempt_and_moves_next_attempt_forward(index):
     """claim() runs before an attempt: attempts + 1, next_attempt set to the retry time."""
-    (row_id,) = add(index, "Q1")
-    index.claim([row_id], NOW + 60)
+    (added,) = add(index, "Q1")
+    index.claim([added.id], NOW + 60)
     (entry,) = index.pending("Q1")
     assert (entry.attempts, entry.next_attempt, entry.state) == (1, NOW + 60, "queued")
     assert index.due(NOW) == []
