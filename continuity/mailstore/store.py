@@ -23,13 +23,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
+from itertools import groupby
 from typing import BinaryIO
 
 from twisted.logger import Logger
 
 from continuity.envelope import Address, normalise_domain
 from continuity.errors import InvalidAddress
-from continuity.mailstore.errors import MailstoreError, storage_error
+from continuity.mailstore.errors import MailstoreError, MessageExpunged, storage_error
 from continuity.mailstore.filenames import UniqueNames, normalise_flags
 from continuity.mailstore.folder import MailFolder
 from continuity.mailstore.keywords import check_keywords
@@ -105,6 +106,10 @@ def count_messages(mail_root: str, domain: str) -> int:
             ]
         total += sum(_count_maildir(folder) for folder in folders)
     return total
+
+
+def _folder_key(ref: MessageRef) -> tuple[Address, FolderName]:
+    return ref.address, ref.folder
 
 
 @contextmanager
@@ -279,9 +284,23 @@ class MaildirStore:
 
         :raises MessageExpunged: when it was removed meanwhile.
         """
-        with _on_disk(f"reading a message of {ref.address}"):
-            with self.open_message(ref) as handle:
-                return handle.read()
+        (data,) = self.read_messages([ref])
+        if data is None:
+            raise MessageExpunged(f"message {ref.uid or ref.base} of {ref.folder} was expunged")
+        return data
+
+    def read_messages(self, refs: Sequence[MessageRef]) -> list[bytes | None]:
+        """The bytes of listed messages, in order; None for each one removed meanwhile.
+
+        IMAP FETCH reads its messages in batches through this: one folder lookup
+        per run of messages of the same folder, then three system calls a message
+        (:meth:`MailFolder.read_many`).
+        """
+        out: list[bytes | None] = []
+        for (address, folder), run in groupby(refs, key=_folder_key):
+            with _on_disk(f"reading messages of {address}"):
+                out.extend(self.mailbox(address).folder(folder).read_many(list(run)))
+        return out
 
     # -- flags ---------------------------------------------------------------------------
 
