@@ -530,9 +530,14 @@ class MailboxCommands:
             unseen = [uid for _, uid in pairs if "S" not in view.refs[uid].flags and uid not in view.gone]
             if unseen:
                 view.note_flags(await self.run(self.store.add_flags, self.address, view.name, unseen, "S"))
-                if not any(item.kind == "FLAGS" for item in plan.items):
+                if not plan.wants_flags:
                     plan = FetchPlan(plan.items + (FetchItem("FLAGS"),), plan.changed_since)
-        rows = [Row(seq, uid, view.refs[uid], view.flags(uid), view.refs[uid].modseq or 0) for seq, uid in pairs]
+        refs = view.refs
+        if plan.wants_flags:
+            flags = view.flags
+            rows = [Row(seq, uid, ref, flags(uid), ref.modseq or 0) for seq, uid in pairs for ref in (refs[uid],)]
+        else:
+            rows = [Row(seq, uid, ref, b"", ref.modseq or 0) for seq, uid in pairs for ref in (refs[uid],)]
         missing = await self._stream_fetch(rows, plan)
         if missing:
             await self._sync_after(by_uid)
@@ -551,7 +556,7 @@ class MailboxCommands:
                 self._send_raw(data)
                 missing += lost
             return missing
-        read = self.store.read_message
+        read = self.store.read_messages
         chunks = batches(rows, True)
         flow = _Flow()
         self.transport.registerProducer(flow, True)

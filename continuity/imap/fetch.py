@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import attrs
 
 from continuity.imap.mime import Part, SectionNotFound
 from continuity.imap.parser import Atom, ParseError, format_date_time, number
-from continuity.mailstore import MessageExpunged, MessageRef
+from continuity.mailstore import MessageRef
 
 _SECTION = re.compile(r"\A(BODY|BODY\.PEEK|BINARY|BINARY\.PEEK)\[([^\]]*)\](?:<(\d{1,10})\.(\d{1,10})>)?\Z", re.I)
 _SECTION_TEXT = re.compile(r"\A((?:[1-9]\d{0,4}\.)*[1-9]\d{0,4})?\.?(HEADER\.FIELDS\.NOT|HEADER\.FIELDS|HEADER|TEXT|MIME)?\Z")
@@ -57,6 +58,10 @@ class FetchPlan:
     def sets_seen(self) -> bool:
         """Fetching a body without PEEK sets ``\\Seen`` (RFC 3501 6.4.5)."""
         return any(not item.peek for item in self.items)
+
+    @property
+    def wants_flags(self) -> bool:
+        return any(item.kind == "FLAGS" for item in self.items)
 
     @property
     def wants_modseq(self) -> bool:
@@ -131,9 +136,12 @@ def parse_fetch(tokens: Sequence[object], by_uid: bool, condstore: bool) -> Fetc
     return FetchPlan(tuple(unique), changed_since)
 
 
-@attrs.frozen
-class Row:
-    """One message to render: its numbers, the listed file, flags as the session shows them."""
+class Row(NamedTuple):
+    """One message to render: its numbers, the listed file, flags as the session shows them.
+
+    A named tuple rather than a frozen attrs class: a FETCH builds one per message
+    on the reactor, and a tuple costs a fraction of an attrs ``__init__``.
+    """
 
     seq: int
     uid: int
@@ -142,62 +150,75 @@ class Row:
     modseq: int
 
 
-def _literal(label: bytes, data: bytes) -> bytes:
-    return label + b" {%d}\r\n" % len(data) + data
+#: Reads a batch of messages: their bytes in order, None for one expunged meanwhile
+#: (:meth:`continuity.mailstore.MaildirStore.read_messages`).
+Reader = Callable[[Sequence[MessageRef]], "list[bytes | None]"]
 
 
-def render(row: Row, plan: FetchPlan, read: Callable[[MessageRef], bytes] | None) -> bytes:
-    """``* seq FETCH (...)`` for one message.
+def _render_into(out: list[bytes], row: Row, items: tuple[FetchItem, ...], raw: bytes | None) -> None:
+    """Append ``* seq FETCH (...)`` for one message to ``out``.
 
-    :raises MessageExpunged: when its file is gone.
+    A literal's octets go into ``out`` as they are (the batch's one join copies
+    them once); the text between literals is gathered in ``text``.
     """
-    out: list[bytes] = []
-    raw: bytes | None = None
+    text = b"* %d FETCH (" % row.seq
     part: Part | None = None
-    for item in plan.items:
+    sep = b""
+    for item in items:
         kind = item.kind
-        if kind == "UID":
-            out.append(b"UID %d" % row.uid)
+        if kind == "RFC822":
+            assert raw is not None
+            out.append(text + sep + b"RFC822 {%d}\r\n" % len(raw))
+            out.append(raw)
+            text = b""
+        elif kind == "UID":
+            text += sep + b"UID %d" % row.uid
         elif kind == "FLAGS":
-            out.append(b"FLAGS " + row.flags)
+            text += sep + b"FLAGS " + row.flags
         elif kind == "MODSEQ":
-            out.append(b"MODSEQ (%d)" % row.modseq)
+            text += sep + b"MODSEQ (%d)" % row.modseq
         elif kind == "INTERNALDATE":
-            out.append(b"INTERNALDATE " + format_date_time(row.ref.internal_date))
+            text += sep + b"INTERNALDATE " + format_date_time(row.ref.internal_date)
         elif kind == "RFC822.SIZE":
-            out.append(b"RFC822.SIZE %d" % row.ref.size)
+            text += sep + b"RFC822.SIZE %d" % row.ref.size
         else:
-            if raw is None:
-                assert read is not None
-                raw = read(row.ref)
-            if kind == "RFC822":
-                out.append(_literal(b"RFC822", raw))
-                continue
+            assert raw is not None
             if part is None:
                 part = Part.from_bytes(raw)
-            if kind == "RFC822.HEADER":
-                out.append(_literal(b"RFC822.HEADER", part.header))
-            elif kind == "RFC822.TEXT":
-                out.append(_literal(b"RFC822.TEXT", part.body))
-            elif kind == "ENVELOPE":
-                out.append(b"ENVELOPE " + part.envelope())
+            if kind == "ENVELOPE":
+                text += sep + b"ENVELOPE " + part.envelope()
             elif kind == "BODYSTRUCTURE":
-                out.append(b"BODYSTRUCTURE " + part.body_structure(True))
+                text += sep + b"BODYSTRUCTURE " + part.body_structure(True)
             elif kind == "BODY":
-                out.append(b"BODY " + part.body_structure(False))
+                text += sep + b"BODY " + part.body_structure(False)
             else:
-                try:
-                    data = raw if not item.numbers and not item.text else part.section(
-                        list(item.numbers), item.text, set(item.fields))
-                except SectionNotFound:
-                    data = b""
-                label = item.label
-                if item.partial is not None:
-                    start, length = item.partial
-                    data = data[start: start + length]
-                    label += b"<%d>" % start
-                out.append(_literal(label, data))
-    return b"* %d FETCH (" % row.seq + b" ".join(out) + b")\r\n"
+                if kind == "RFC822.HEADER":
+                    label, data = b"RFC822.HEADER", part.header
+                elif kind == "RFC822.TEXT":
+                    label, data = b"RFC822.TEXT", part.body
+                else:
+                    label = item.label
+                    try:
+                        data = raw if not item.numbers and not item.text else part.section(
+                            list(item.numbers), item.text, set(item.fields))
+                    except SectionNotFound:
+                        data = b""
+                    if item.partial is not None:
+                        start, length = item.partial
+                        data = data[start: start + length]
+                        label += b"<%d>" % start
+                out.append(text + sep + label + b" {%d}\r\n" % len(data))
+                out.append(data)
+                text = b""
+        sep = b" "
+    out.append(text + b")\r\n")
+
+
+def render(row: Row, plan: FetchPlan, raw: bytes | None) -> bytes:
+    """``* seq FETCH (...)`` for one message whose file holds ``raw`` (None when the plan needs no file)."""
+    out: list[bytes] = []
+    _render_into(out, row, plan.items, raw)
+    return b"".join(out)
 
 
 def batches(rows: Sequence[Row], needs_file: bool) -> list[Sequence[Row]]:
@@ -216,14 +237,23 @@ def batches(rows: Sequence[Row], needs_file: bool) -> list[Sequence[Row]]:
     return out
 
 
-def render_batch(rows: Sequence[Row], plan: FetchPlan,
-                 read: Callable[[MessageRef], bytes] | None) -> tuple[bytes, int]:
-    """One buffer of FETCH responses, and how many messages were found expunged meanwhile."""
+def render_batch(rows: Sequence[Row], plan: FetchPlan, read: Reader | None) -> tuple[bytes, int]:
+    """One buffer of FETCH responses, and how many messages were found expunged meanwhile.
+
+    When the plan needs the files, ``read`` reads the whole batch first: this
+    runs on the worker pool.
+    """
     out: list[bytes] = []
+    items = plan.items
+    if not plan.needs_file:
+        for row in rows:
+            _render_into(out, row, items, None)
+        return b"".join(out), 0
+    assert read is not None
     missing = 0
-    for row in rows:
-        try:
-            out.append(render(row, plan, read))
-        except MessageExpunged:
+    for row, raw in zip(rows, read([row.ref for row in rows])):
+        if raw is None:
             missing += 1
+        else:
+            _render_into(out, row, items, raw)
     return b"".join(out), missing

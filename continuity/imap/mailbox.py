@@ -13,6 +13,7 @@ announced yet. :meth:`FolderView.update` turns a fresh
 from __future__ import annotations
 
 import bisect
+import functools
 from collections.abc import Iterable
 
 import attrs
@@ -73,6 +74,13 @@ def format_flags(letters: str, keywords: Iterable[str] = (), recent: bool = Fals
     if recent:
         names.append(b"\\Recent")
     return b"(" + b" ".join(names) + b")"
+
+
+@functools.lru_cache(maxsize=1024)
+def _session_flags(letters: str, keywords: tuple[str, ...], recent: bool) -> bytes:
+    """:func:`format_flags`, remembered: a folder's messages share a handful of flag sets,
+    and FETCH FLAGS of 10,000 messages formats each of them."""
+    return format_flags(letters, keywords, recent)
 
 
 def flags_responses(keywords: Iterable[str], readonly: bool, full: bool) -> list[bytes]:
@@ -141,7 +149,7 @@ class FolderView:
 
     def flags(self, uid: int) -> bytes:
         ref = self.refs[uid]
-        return format_flags(ref.flags, ref.keywords, uid in self.recent)
+        return _session_flags(ref.flags, ref.keywords, uid in self.recent)
 
     def flags_responses(self) -> list[bytes]:
         """``FLAGS`` and ``PERMANENTFLAGS`` as SELECT sends them, with the keywords known now."""
