@@ -7,6 +7,7 @@ from twisted.internet import defer, task
 from zope.interface import Interface
 
 from continuity.db import Database
+from continuity.directory import passwords
 from continuity.directory.cred import (
     MAX_DELAY,
     IMailUser,
@@ -90,6 +91,28 @@ def test_every_failure_gets_the_same_answer_after_the_same_delay(auth, clock, us
     [failure] = results
     assert failure.type is LoginFailed
     assert not failure.value.temporary
+
+
+@pytest.mark.parametrize("username, password", [
+    ("alice@example.com", GOOD),
+    ("alice@example.com", "Wrong1234"),
+    ("nobody@example.com", GOOD),
+    ("idle@example.com", GOOD),
+    ("not an address", GOOD),
+])
+def test_every_login_costs_exactly_one_password_verification(auth, clock, monkeypatch, username, password):
+    """Good, wrong, unknown, inactive and garbage logins each verify one Argon2id hash, no more, no less."""
+    verified: list[str] = []
+    real = passwords._verify
+
+    def counting(stored_hash: str, secret: bytes) -> bool:
+        verified.append(stored_hash)
+        return real(stored_hash, secret)
+
+    monkeypatch.setattr(passwords, "_verify", counting)
+    outcome(auth.login(username, password, "192.0.2.1", IMaildrop, "imap"), clock, advance=1.0)
+    assert len(verified) == 1
+    assert passwords.sodium_verifiable(verified[0])
 
 
 def test_delay_grows_with_each_failure_and_is_capped():
