@@ -19,6 +19,7 @@ others only change this object's state and run on the reactor.
 from __future__ import annotations
 
 import collections
+import os
 import re
 import threading
 from typing import BinaryIO
@@ -29,10 +30,11 @@ from zope.interface import Interface
 from continuity.envelope import Address, parse_address
 from continuity.mailstore import INBOX_NAME, MaildirStore, MessageRef
 from continuity.mailstore.sessionlock import SessionLock, lock_mailbox_session
-from continuity.pop3.wire import measure
+from continuity.pop3.wire import survey
 
 #: How many message sizes a :class:`SizeCache` remembers.
 SIZE_CACHE_ENTRIES = 200_000
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 _VIRTUAL_SIZE = re.compile(r",W=([0-9]{1,15})(?:,|$)")
 
 
@@ -57,34 +59,41 @@ class SizeCache:
 
     A Maildir message never changes its content under one base name, so a size
     measured once holds for as long as the message lives. Dovecot's ``,W=``
-    field (the size with CRLF line ends) is used when a name carries it.
+    field (the size with CRLF line ends) is used when a name carries it. A
+    measured message also leaves whether it is plain (:func:`~continuity.pop3.wire.survey`),
+    so that reading it ahead needs no encoding; one known by its ``,W=`` is not taken to be.
     """
 
     def __init__(self, entries: int = SIZE_CACHE_ENTRIES):
         self._entries = entries
-        self._sizes: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self._sizes: collections.OrderedDict[str, int] = collections.OrderedDict()  # size * 2 + plain
         self._lock = threading.Lock()
 
     def size_of(self, store: MaildirStore, ref: MessageRef) -> int:
         """The wire size of ``ref`` (blocking: reads the file when it is not known)."""
+        return self.lookup(store, ref)[0]
+
+    def lookup(self, store: MaildirStore, ref: MessageRef) -> tuple[int, bool]:
+        """The wire size of ``ref`` and whether it is plain (blocking: reads the file when it is not known)."""
         known = self._known(ref.base)
         if known is not None:
             return known
         with store.open_message(ref) as handle:
-            size = measure(handle)
+            size, plain = survey(handle)
         with self._lock:
-            self._sizes[ref.base] = size
+            self._sizes[ref.base] = size * 2 + plain
             while len(self._sizes) > self._entries:
                 self._sizes.popitem(last=False)
-        return size
+        return size, plain
 
-    def _known(self, base: str) -> int | None:
+    def _known(self, base: str) -> tuple[int, bool] | None:
         with self._lock:
-            size = self._sizes.get(base)
-            if size is not None:
+            packed = self._sizes.get(base)
+            if packed is not None:
                 self._sizes.move_to_end(base)
-                return size
-        return _virtual_size(base)
+                return packed >> 1, bool(packed & 1)
+        size = _virtual_size(base)
+        return None if size is None else (size, False)
 
 
 def _virtual_size(base: str) -> int | None:
@@ -95,12 +104,16 @@ def _virtual_size(base: str) -> int | None:
 
 @attrs.frozen
 class MaildropMessage:
-    """One message of the session: its number, the store's reference, size and unique-id."""
+    """One message of the session: its number, the store's reference, size and unique-id.
+
+    ``plain``: the file is its own wire form (:func:`~continuity.pop3.wire.survey`).
+    """
 
     number: int
     ref: MessageRef
     size: int
     uidl: str
+    plain: bool = False
 
 
 class Maildrop:
@@ -130,7 +143,8 @@ class Maildrop:
             messages = []
             for number, ref in enumerate(snapshot.messages, start=1):
                 uidl = f"{ref.uid:08X}{snapshot.uidvalidity:08X}"
-                messages.append(MaildropMessage(number, ref, sizes.size_of(self.store, ref), uidl))
+                size, plain = sizes.lookup(self.store, ref)
+                messages.append(MaildropMessage(number, ref, size, uidl, plain))
         except BaseException:
             lock.release()
             raise
@@ -143,6 +157,29 @@ class Maildrop:
         :raises MessageExpunged: when another tool removed it meanwhile.
         """
         return self.store.open_message(message.ref)
+
+    def read_whole(self, message: MaildropMessage) -> bytes | None:
+        """A small message's file in one open and one read (blocking; read-ahead), or None if it outgrew its size.
+
+        The listed size counts line ends as CRLF, so the file is never larger;
+        asking for one octet more tells that the read reached its end. A file
+        another session renamed meanwhile (a flag change) is found by the store.
+
+        :raises MessageExpunged: when another tool removed it.
+        :raises OSError: when reading fails.
+        """
+        limit = message.size + 1
+        try:
+            fd = os.open(message.ref.path, _READ_FLAGS)
+        except FileNotFoundError:
+            with self.store.open_message(message.ref) as handle:
+                data = handle.read(limit)
+        else:
+            try:
+                data = os.read(fd, limit)
+            finally:
+                os.close(fd)
+        return data if len(data) <= message.size else None
 
     def commit(self) -> int:
         """The UPDATE state (RFC 1939 6): remove the marked messages, flag the retrieved ones seen.

@@ -10,7 +10,7 @@ reading, was most of the time of a RETR of a 4 KB message.
 :class:`ReadAhead` watches the numbers a session retrieves. Once the client
 reads on in order, it reads the next messages in one worker call, in the
 background while the client is busy with the reply it has, and keeps their
-wire form (:func:`~continuity.pop3.wire.encode_message`: CRLF line ends,
+wire form (:func:`~continuity.pop3.wire.wire_form`: CRLF line ends,
 dot-stuffed, terminated) in memory; a RETR of one of them is answered at once
 on the reactor. The window starts at :data:`FIRST_WINDOW` octets and doubles
 with each window the client reads, up to :data:`READ_AHEAD_BYTES` per
@@ -42,36 +42,37 @@ from twisted.python.failure import Failure
 
 from continuity.mailstore import MailstoreError, MessageExpunged
 from continuity.pop3.maildrop import Maildrop, MaildropMessage
-from continuity.pop3.wire import TERMINATOR, TopCut, encode_message
+from continuity.pop3.wire import TERMINATOR, TopCut, wire_form
 
 #: Octets of read-ahead (wire form) one session may hold at most.
 READ_AHEAD_BYTES = 1024 * 1024
 #: The first window, once the client reads in order; it doubles with every window read, up to the budget.
-FIRST_WINDOW = 64 * 1024
-#: Larger messages are never read ahead: they are streamed chunk by chunk.
-MESSAGE_LIMIT = 128 * 1024
+FIRST_WINDOW = 128 * 1024
+#: Larger messages are never read ahead: they are streamed chunk by chunk. At most half the first
+#: window, so that the room left when a window is planned (at least half of it) takes any candidate.
+MESSAGE_LIMIT = 64 * 1024
 #: Message numbers one planning step looks at, at most (a maildrop of huge messages is not scanned whole).
 SCAN_LIMIT = 1024
 
 
-def read_bodies(maildrop: Maildrop, messages: Sequence[MaildropMessage], limit: int) -> dict[int, bytes]:
-    """The wire form of each of ``messages`` that could be read whole within ``limit`` octets (blocking).
+def read_bodies(maildrop: Maildrop, messages: Sequence[MaildropMessage]) -> dict[int, bytes]:
+    """The wire form of each of ``messages`` that could be read whole (blocking).
 
-    A message removed meanwhile, or larger than ``limit``, is left out (RETR
-    then takes the normal path and answers for it); at any other store error
-    reading stops, as the next files would most likely fail alike.
+    A message removed meanwhile, or one whose file outgrew its listed size, is
+    left out (RETR then takes the normal path and answers for it); at any
+    other store error reading stops, as the next files would most likely fail
+    alike.
     """
     bodies: dict[int, bytes] = {}
     for message in messages:
         try:
-            with maildrop.open_message(message) as handle:
-                data = handle.read(limit + 1)
+            data = maildrop.read_whole(message)
         except MessageExpunged:
             continue
         except (MailstoreError, OSError):
             break
-        if len(data) <= limit:
-            bodies[message.number] = encode_message(data)
+        if data is not None:
+            bodies[message.number] = wire_form(data, message.plain and len(data) == message.size)
     return bodies
 
 
@@ -101,8 +102,8 @@ class ReadAhead:
         self._run = run_blocking
         self._budget = budget
         self._first_window = min(first_window, budget)
+        self._message_limit = min(message_limit, self._first_window // 2)
         self._window = self._first_window
-        self._message_limit = message_limit
         self._bodies: dict[int, bytes] = {}
         self._held = 0  # octets in _bodies
         self._reading: frozenset[int] = frozenset()  # numbers of the batch on the worker pool
@@ -180,11 +181,13 @@ class ReadAhead:
 
     def _start(self, number: int) -> None:
         """Plan the next window after ``number`` and read it on the worker pool."""
+        maildrop = self._maildrop
+        messages = maildrop.messages
+        if self._horizon >= len(messages):
+            return  # everything was planned
         stale = [held for held in self._bodies if held < number]  # passed over by the client
         for held in stale:
             self.take(held)
-        maildrop = self._maildrop
-        messages = maildrop.messages
         room = min(self._window, self._budget) - self._held
         planned: list[MaildropMessage] = []
         reserved = 0
@@ -192,9 +195,8 @@ class ReadAhead:
         last = min(len(messages), candidate + SCAN_LIMIT - 1)
         while candidate <= last:
             message = messages[candidate - 1]
-            if message.size <= self._message_limit and not maildrop.is_deleted(candidate) \
-                    and candidate not in self._bodies:
-                cost = message.size + len(TERMINATOR)
+            cost = message.size + len(TERMINATOR)
+            if cost <= self._message_limit and not maildrop.is_deleted(candidate) and candidate not in self._bodies:
                 if reserved + cost > room:
                     break
                 planned.append(message)
@@ -207,7 +209,7 @@ class ReadAhead:
         self._reading = frozenset(message.number for message in planned)
         self._reserved = reserved
         generation = self._generation
-        d = defer.maybeDeferred(self._run, read_bodies, maildrop, planned, self._message_limit)
+        d = defer.maybeDeferred(self._run, read_bodies, maildrop, planned)
         d.addBoth(self._landed, generation)
 
     def _landed(self, result: dict[int, bytes] | Failure, generation: int) -> None:

@@ -49,7 +49,8 @@ class MultilineEncoder:
             self._pending_cr = True
         if not data:
             return b""
-        data = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        if data.count(b"\n") != data.count(b"\r\n"):  # bare LFs (CRLF-only mail, the usual, is kept as it is)
+            data = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
         if self._line_start and data[:1] == b".":
             data = b"." + data
             self.stuffed += 1
@@ -115,12 +116,31 @@ class TopCut:
 
 def measure(handle: BinaryIO) -> int:
     """The RFC 1939 size of the message in ``handle`` (read to its end; blocking)."""
+    return survey(handle)[0]
+
+
+def survey(handle: BinaryIO) -> tuple[int, bool]:
+    """The RFC 1939 size of the message in ``handle``, and whether it is *plain* (read to its end; blocking).
+
+    A plain message is its own wire form: CRLF line ends, a last line that
+    ends, no line that starts with a dot. Nearly all mail is; sending it
+    then only needs the terminator (:func:`wire_form`).
+    """
     encoder = MultilineEncoder()
-    sent = 0
+    octets = sent = 0
     while chunk := handle.read(CHUNK):
+        octets += len(chunk)
         sent += len(encoder.encode(chunk))
     sent += len(encoder.finish()) - len(TERMINATOR)
-    return sent - encoder.stuffed
+    return sent - encoder.stuffed, sent == octets and not encoder.stuffed
+
+
+def wire_form(message: bytes, plain: bool = False) -> bytes:
+    """The whole multi-line body for ``message``, terminator included.
+
+    :param plain: :func:`survey` found the message plain: it is sent as it is.
+    """
+    return message + TERMINATOR if plain else encode_message(message)
 
 
 def encode_message(message: bytes, top_lines: int | None = None) -> bytes:
