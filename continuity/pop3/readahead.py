@@ -153,6 +153,8 @@ class ReadAhead:
     def served(self, number: int) -> None:
         """RETR or TOP of ``number`` is being answered: go on reading ahead if the client reads in order."""
         in_order = self._last <= number <= self._horizon + 1
+        if in_order:
+            self._pass_over(number)
         self._last = number
         if not in_order:
             # The client jumped: what was read ahead will likely not be asked for. Start afresh from here.
@@ -174,6 +176,18 @@ class ReadAhead:
         self._generation += 1
         self._wake()
 
+    def _pass_over(self, number: int) -> None:
+        """Drop what the client went past: the bodies below ``number`` (one a TOP kept, ones it skipped)."""
+        bodies = self._bodies
+        if number - self._last <= len(bodies):
+            passed = range(self._last, number)
+        else:
+            passed = [held for held in bodies if held < number]
+        for held in passed:
+            body = bodies.pop(held, None)
+            if body is not None:
+                self._held -= len(body)
+
     def _wake(self) -> None:
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
@@ -185,9 +199,6 @@ class ReadAhead:
         messages = maildrop.messages
         if self._horizon >= len(messages):
             return  # everything was planned
-        stale = [held for held in self._bodies if held < number]  # passed over by the client
-        for held in stale:
-            self.take(held)
         room = min(self._window, self._budget) - self._held
         planned: list[MaildropMessage] = []
         reserved = 0

@@ -89,6 +89,41 @@ def test_size_cache_uses_dovecot_virtual_size_field(store, tmp_path):
     ref = MessageRef(address=parse_address(ADDRESS), folder=None, uid=1, base="1.M1P1.host,S=10,W=12",
                      path=str(tmp_path / "missing"), flags="", size=10, internal_date=0, modseq=None, recent=False)
     assert SizeCache().size_of(store, ref) == 12
+    assert SizeCache().lookup(store, ref) == (12, False)  # not read: not known to be plain
+
+
+def test_size_cache_remembers_whether_a_message_is_plain(store, deliver, monkeypatch):
+    """A measured message is known plain (its own wire form) or not, without reading it again."""
+    plain, bare_lf = deliver(b"a\r\n", b"b\n")
+    cache = SizeCache()
+    assert cache.lookup(store, plain) == (3, True) and cache.lookup(store, bare_lf) == (3, False)
+    monkeypatch.setattr(store, "open_message", lambda ref: 1 / 0)
+    assert cache.lookup(store, plain) == (3, True) and cache.lookup(store, bare_lf) == (3, False)
+
+
+def test_read_whole_reads_a_small_message_and_follows_a_rename(store, deliver):
+    """read_whole returns the file's octets, also after another session renamed it (a flag change)."""
+    deliver(b"one\r\n", b"two\r\n")
+    maildrop = Maildrop(store, ADDRESS)
+    maildrop.open(SizeCache())
+    first, second = maildrop.messages
+    assert maildrop.read_whole(first) == b"one\r\n"
+    store.add_flags(parse_address(ADDRESS), "INBOX", [second.ref.uid], "F")  # renames the file
+    assert maildrop.read_whole(second) == b"two\r\n"
+    maildrop.release()
+
+
+def test_read_whole_of_a_removed_message_raises_expunged(store, deliver):
+    """read_whole of a message another tool removed raises MessageExpunged."""
+    from continuity.mailstore import MessageExpunged
+
+    (ref,) = deliver(b"one\r\n")
+    maildrop = Maildrop(store, ADDRESS)
+    maildrop.open(SizeCache())
+    store.remove_message(ref)
+    with pytest.raises(MessageExpunged):
+        maildrop.read_whole(maildrop.messages[0])
+    maildrop.release()
 
 
 def test_size_cache_measures_once(store, deliver, monkeypatch):

@@ -7,7 +7,8 @@ import io
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from continuity.pop3.wire import MultilineEncoder, TopCut, encode_message, measure
+from continuity.pop3.readahead import top_of
+from continuity.pop3.wire import MultilineEncoder, TopCut, encode_message, measure, survey, wire_form
 
 # Messages made of the octets that matter here.
 messages = st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b".", b"a", b"..", b"\n.", b"\r\n.\r\n"]),
@@ -113,3 +114,27 @@ def test_top_header_end_split_between_chunks():
     message = b"A: 1\r\n\r\nbody\r\n"
     for cut in range(len(message) + 1):
         assert encode_in_pieces(message, [cut], top=0) == b"A: 1\r\n\r\n.\r\n", cut
+
+
+@settings(max_examples=200)
+@given(messages)
+def test_survey_calls_plain_exactly_the_messages_that_are_their_own_wire_form(message):
+    """survey: the size measure gives, and plain only when the octets need no CR, dot or final line end."""
+    size, plain = survey(io.BytesIO(message))
+    assert size == measure(io.BytesIO(message))
+    assert plain == (encode_message(message) == message + b".\r\n")
+    assert wire_form(message, plain) == encode_message(message)
+
+
+def test_usual_crlf_mail_is_plain():
+    """CRLF mail with no line starting with a dot is plain; a leading dot, a bare LF or no final CRLF is not."""
+    assert survey(io.BytesIO(b"Subject: x\r\n\r\nbody\r\n"))[1]
+    for message in (b"Subject: x\r\n\r\n.body\r\n", b"Subject: x\n\nbody\n", b"Subject: x\r\n\r\nbody"):
+        assert not survey(io.BytesIO(message))[1], message
+
+
+@settings(max_examples=200)
+@given(messages, st.integers(min_value=0, max_value=5))
+def test_top_cut_from_the_wire_form_is_the_top_cut_of_the_message(message, lines):
+    """TOP from a message read ahead (its wire form) sends what TOP from the file sends."""
+    assert top_of(encode_message(message), lines) == encode_message(message, top_lines=lines)
