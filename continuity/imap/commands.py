@@ -16,7 +16,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from continuity.imap.fetch import FetchItem, FetchPlan, Row, batches, parse_fetch, render_batch
+from continuity.imap.fetch import FetchItem, FetchPlan, Prefetch, Row, batches, parse_fetch, render_batch
 from continuity.imap.mailbox import FolderView, parse_flags
 from continuity.imap.parser import (
     Atom,
@@ -546,7 +546,7 @@ class MailboxCommands:
         await self._ok(tag, b"FETCH completed", by_uid)
 
     async def _stream_fetch(self, rows: list[Row], plan: FetchPlan) -> int:
-        """Render and write FETCH responses in batches; the next batch is read while one is written."""
+        """Render and write FETCH responses in batches; the next ones are read while one is written."""
         if not rows:
             return 0
         if not plan.needs_file:
@@ -556,25 +556,21 @@ class MailboxCommands:
                 self._send_raw(data)
                 missing += lost
             return missing
-        read = self.store.read_messages
-        chunks = batches(rows, True)
+        prefetch = Prefetch(self.run, batches(rows, True), plan, self.store.read_messages)
         flow = _Flow()
         self.transport.registerProducer(flow, True)
         missing = 0
         try:
-            pending = self.run(render_batch, chunks[0], plan, read)
-            for index in range(len(chunks)):
-                data, lost = await pending
+            for _ in range(len(prefetch)):
+                data, lost = await prefetch.next()
                 missing += lost
-                if index + 1 < len(chunks):
-                    pending = self.run(render_batch, chunks[index + 1], plan, read)
                 self._send_raw(data)
-                if self._lost:
-                    pending.addErrback(lambda _: None)
-                    break
                 if flow.paused:
                     await flow.resumed()
+                if self._lost:
+                    break
         finally:
+            prefetch.stop()
             if not self._lost:
                 self.transport.unregisterProducer()
         return missing

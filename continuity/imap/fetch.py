@@ -3,16 +3,22 @@
 :func:`parse_fetch` turns the attribute list into a :class:`FetchPlan`;
 :func:`render_batch` renders many messages into one buffer, reading their
 files, and runs on the worker pool: a FETCH of 10,000 messages is a few dozen
-thread hops and writes, not a Deferred per message.
+thread hops and writes, not a Deferred per message. :class:`Prefetch` keeps
+those worker calls running back to back a few batches ahead of the writes,
+so the reactor finds the next batch rendered when the client has taken the
+last one.
 """
 
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import attrs
+from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from continuity.imap.mime import Part, SectionNotFound
 from continuity.imap.parser import Atom, ParseError, format_date_time, number
@@ -29,7 +35,9 @@ _SIMPLE = {"FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODYSTRUC
            "RFC822.HEADER", "RFC822.TEXT", "MODSEQ"}
 _NEEDS_FILE = {"ENVELOPE", "BODYSTRUCTURE", "BODY", "RFC822", "RFC822.HEADER", "RFC822.TEXT", "SECTION"}
 BATCH_BYTES = 1 << 20  # a rendered batch is about this big (one worker call, one write)
+FIRST_BATCH_BYTES = 1 << 16  # the first batches are smaller, so the first response leaves sooner
 BATCH_MESSAGES = 2000
+PREFETCH_BATCHES = 2  # rendered (or being rendered) batches a FETCH keeps ahead of the one being written
 
 
 @attrs.frozen
@@ -222,16 +230,21 @@ def render(row: Row, plan: FetchPlan, raw: bytes | None) -> bytes:
 
 
 def batches(rows: Sequence[Row], needs_file: bool) -> list[Sequence[Row]]:
-    """Rows cut into batches of about :data:`BATCH_BYTES` of output."""
+    """Rows cut into batches of about :data:`BATCH_BYTES` of output.
+
+    With files to read, the first batch is :data:`FIRST_BATCH_BYTES` and each
+    next one four times bigger up to :data:`BATCH_BYTES`: the client gets its
+    first responses after a short read, and the rest in few big writes.
+    """
     if not needs_file:
         return [rows[i: i + BATCH_MESSAGES * 5] for i in range(0, len(rows), BATCH_MESSAGES * 5)]
     out = []
-    start, size = 0, 0
+    start, size, limit = 0, 0, FIRST_BATCH_BYTES
     for index, row in enumerate(rows):
         size += row.ref.size + 100
-        if size >= BATCH_BYTES or index - start + 1 >= BATCH_MESSAGES:
+        if size >= limit or index - start + 1 >= BATCH_MESSAGES:
             out.append(rows[start: index + 1])
-            start, size = index + 1, 0
+            start, size, limit = index + 1, 0, min(limit * 4, BATCH_BYTES)
     if start < len(rows):
         out.append(rows[start:])
     return out
@@ -257,3 +270,72 @@ def render_batch(rows: Sequence[Row], plan: FetchPlan, read: Reader | None) -> t
         else:
             _render_into(out, row, items, raw)
     return b"".join(out), missing
+
+
+class Prefetch:
+    """The rendered batches of a FETCH, read in order on the worker pool ahead of the writes.
+
+    One worker call at a time renders the next batch (:func:`render_batch`);
+    as soon as it is done the next one starts, until ``depth`` batches are
+    rendered or being rendered and not yet taken by :meth:`next`. The reads
+    then wait for the writer, which waits for the client: a slow client holds
+    at most ``depth`` batches in memory and no worker thread.
+
+    :param run: runs a blocking call on the worker pool, returning a Deferred.
+    """
+
+    def __init__(self, run: Callable[..., defer.Deferred], chunks: Sequence[Sequence[Row]], plan: FetchPlan,
+                 read: Reader, depth: int = PREFETCH_BATCHES):
+        self._run = run
+        self._chunks = chunks
+        self._plan = plan
+        self._read = read
+        self._depth = depth
+        self._next = 0  # the chunk the next worker call renders
+        self._ready: deque[Any] = deque()  # (data, missing) or a Failure, in chunk order
+        self._reading = False
+        self._stopped = False  # no more reads: a read failed, or the writer is gone
+        self._closed = False
+        self._waiting: defer.Deferred | None = None
+        self._fill()
+
+    def _fill(self) -> None:
+        if (self._reading or self._stopped or self._next >= len(self._chunks)
+                or len(self._ready) + 1 > self._depth):
+            return
+        chunk = self._chunks[self._next]
+        self._next += 1
+        self._reading = True
+        self._run(render_batch, chunk, self._plan, self._read).addBoth(self._rendered)
+
+    def _rendered(self, result: Any) -> None:
+        self._reading = False
+        if self._closed:
+            return  # nobody will take it (an error is dropped too: the connection is gone)
+        self._ready.append(result)
+        if isinstance(result, Failure):
+            self._stopped = True  # the error ends the FETCH; nothing after it is read
+        else:
+            self._fill()
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.callback(None)
+
+    async def next(self) -> tuple[bytes, int]:
+        """The next batch's responses and how many of its messages were gone; raises what its read raised."""
+        while not self._ready:
+            self._waiting = defer.Deferred()
+            await self._waiting
+        result = self._ready.popleft()
+        if isinstance(result, Failure):
+            result.raiseException()
+        self._fill()
+        return result
+
+    def __len__(self) -> int:
+        return len(self._chunks)
+
+    def stop(self) -> None:
+        """Start no more reads (the connection is gone); a read under way finishes and is dropped."""
+        self._stopped = self._closed = True
+        self._ready.clear()
