@@ -55,7 +55,7 @@ from continuity.pop3 import replies
 from continuity.pop3.lines import RUNAWAY, TOO_LONG, LineBuffer
 from continuity.pop3.maildrop import IMaildrop, Maildrop, MaildropInUse, MessageDeleted, NoSuchMessage, SizeCache
 from continuity.pop3.readahead import READ_AHEAD_BYTES, ReadAhead, top_of
-from continuity.pop3.transfer import MessageTransfer, TransferFailed, WriteGate
+from continuity.pop3.transfer import MessageTransfer, TransferFailed, WriteGate, write_now
 
 AUTHORIZATION, TRANSACTION, UPDATE = "AUTHORIZATION", "TRANSACTION", "UPDATE"
 #: RFC 1939 3: the autologout timer is at least 10 minutes.
@@ -544,7 +544,7 @@ class POP3Server(twisted_pop3.POP3):
         if not self._gated:
             transport.registerProducer(self._gate, True)
             self._gated = True
-        transport.write(b"+OK " + text.encode("ascii") + b"\r\n" + body)
+        write_now(transport, b"+OK " + text.encode("ascii") + b"\r\n" + body)
         if top_lines is None:
             self.maildrop.retrieved(message.number)
         self._ahead.served(message.number)  # after the write: the reply goes out first
