@@ -10,6 +10,7 @@ is the only module that knows how the parts fit together.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable
 
 import attrs
@@ -55,6 +56,12 @@ class Components:
     index: object = None
     intake: object = None
     directory_cache: object = None
+    #: Called when a mode switch of ours has landed in the store: cached directory answers are stale.
+    directory_changed: list[Callable[[], None]] = attrs.Factory(list)
+
+    def changed(self) -> None:
+        for hook in self.directory_changed:
+            hook()
 
 
 FactoryBuilder = Callable[[Components, str], IProtocolFactory]
@@ -191,7 +198,7 @@ def _factory_builders() -> dict[str, FactoryBuilder]:
             "http": _http_factory}
 
 
-def _delivery(components: Components, root: MultiService) -> None:
+def _delivery(components: Components, root: MultiService):
     """Spool, queue runner, agents, failover monitor and recovery."""
     from continuity.delivery.agents import Agents
     from continuity.delivery.runner import QueueRunner
@@ -199,17 +206,13 @@ def _delivery(components: Components, root: MultiService) -> None:
     from continuity.failover.recovery import Recovery, RecoveryJournal
     from continuity.smtp.client import hostname_endpoint_factory, probe
     from continuity.smtp.pool import ConnectionPool
-    from continuity.spool.index import QueueIndex
-    from continuity.spool.intake import MessageIntake
     from continuity.spool.store import MessageSpool
 
     config, reactor = components.config, components.reactor
     io, mailstore = components.io, components.mailstore
     spool = MessageSpool(config.spool_root)
     spool.prepare()
-    index = QueueIndex(components.db)
-    intake = MessageIntake(reactor, components.sql, io, spool, index)
-    components.index, components.intake = index, intake
+    index, intake = _intake(components, spool)
     endpoints_for = hostname_endpoint_factory(reactor)
     pool = ConnectionPool(clock=reactor, hostname=config.server.hostname, endpoint_factory=endpoints_for,
                           timeout=config.relay.timeout)
@@ -228,7 +231,7 @@ def _delivery(components: Components, root: MultiService) -> None:
 
     monitor = FailoverMonitor(reactor, components.sql, components.directory, config.relay.probe_interval,
                               probe_domain, runner.reroute, runner.flush, recovery,
-                              mode_written=components.directory_cache.clear)
+                              mode_written=components.changed)
     runner.failover = monitor
     recovery.still_recovering = monitor.is_recovering
 
@@ -252,10 +255,21 @@ def _delivery(components: Components, root: MultiService) -> None:
     _Startup().setServiceParent(root)
     runner.setServiceParent(root)
     monitor.setServiceParent(root)
+    return runner
 
 
-def build_service(config: Config, reactor) -> MultiService:
-    """The whole service for ``config`` on ``reactor``."""
+def _intake(components: Components, spool) -> tuple:
+    """The queue index and the intake over ``spool`` (set on ``components`` for the SMTP policies)."""
+    from continuity.spool.index import QueueIndex
+    from continuity.spool.intake import MessageIntake
+
+    components.index = QueueIndex(components.db)
+    components.intake = MessageIntake(components.reactor, components.sql, components.io, spool, components.index)
+    return components.index, components.intake
+
+
+def _components(config: Config, reactor, root: MultiService) -> Components:
+    """The store, its SQL thread and I/O pool (children of ``root``), TLS, mail store, login."""
     try:
         durable.make_dirs(config.data_dir)
         db = Database(config.db_path).open()
@@ -263,7 +277,6 @@ def build_service(config: Config, reactor) -> MultiService:
         raise StartupError(str(exc)) from None
     except OSError as exc:
         raise StartupError(f"server.data_dir: cannot use {config.data_dir}: {exc.strerror}") from None
-    root = ServiceStack()
     sql = SQLThread(reactor, db)
     sql.setServiceParent(root)
     cert_path, key_path = tls.resolve_pair(config.tls, config.data_dir, config.server.hostname)
@@ -279,27 +292,92 @@ def build_service(config: Config, reactor) -> MultiService:
     io.setServiceParent(root)
     components.io = io
     components.directory_cache = DirectoryCache(reactor, sql, components.directory)
+    components.directory_changed.append(components.directory_cache.clear)
     components.mailstore = MaildirStore(config.mail_root, hostname=config.server.hostname)
     components.sent_copies = SentCopies(config.cs_sent_root)
     components.sent_copies.prepare()
     components.authenticator, components.realm = build_authenticator(
         components.directory, io.run, reactor, config.limits.auth_failures)
-    _delivery(components, root)
-    builders = _factory_builders()
+    return components
+
+
+def protocol_factory(components: Components, name: str) -> IProtocolFactory | None:
+    """The factory of listener ``name`` (TLS-wrapped for the implicit-TLS ones), None if not in this release."""
+    build = _factory_builders().get(name)
+    if build is None:
+        return None
+    factory = build(components, name)
+    if name in IMPLICIT_TLS:
+        factory = TLSMemoryBIOFactory(components.tls_context, False, factory)
+    return factory
+
+
+class AdoptedListener(Service):
+    """A listener on a socket inherited from the service process (an SMTP worker's, :mod:`continuity.workers`)."""
+
+    def __init__(self, name: str, fileno: int, factory: IProtocolFactory, reactor):
+        self.name = name
+        self._fileno = fileno
+        self._factory = factory
+        self._reactor = reactor
+        self._port: IListeningPort | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        with socket.socket(fileno=os.dup(self._fileno)) as listening:
+            family = listening.family
+        self._port = self._reactor.adoptStreamPort(self._fileno, family, self._factory)
+        os.close(self._fileno)  # adoptStreamPort listens on a duplicate
+
+    def stopService(self):
+        super().stopService()
+        if self._port is not None:
+            port, self._port = self._port, None
+            return port.stopListening()
+        return None
+
+
+def build_smtp_worker(config: Config, reactor, adopted: dict[str, int],
+                      kick: Callable[..., None]) -> tuple[MultiService, Components]:
+    """An SMTP worker process (:mod:`continuity.workers`): the listeners in ``adopted`` (name -> fd) with their
+    policies, spool and index; ``kick`` tells the service process of each message accepted."""
+    from continuity.spool.store import MessageSpool
+
+    root = ServiceStack()
+    components = _components(config, reactor, root)
+    index, intake = _intake(components, MessageSpool(config.spool_root))  # the service process prepared it
+    intake.kick = kick
+    for name, fileno in adopted.items():
+        AdoptedListener(name, fileno, protocol_factory(components, name), reactor).setServiceParent(root)
+    return root, components
+
+
+def build_service(config: Config, reactor) -> MultiService:
+    """The whole service for ``config`` on ``reactor``."""
+    root = ServiceStack()
+    components = _components(config, reactor, root)
+    runner = _delivery(components, root)
+    listeners: dict[str, Listener] = {}
     for name in LISTENERS:
         description = config.listen[name]
         if not description:
             continue
-        build = builders.get(name)
-        if build is None:
+        factory = protocol_factory(components, name)
+        if factory is None:
             log.warn("listener {listener} ({description}) is configured but not available in this release",
                      listener=name, description=description)
             continue
-        factory = build(components, name)
-        if name in IMPLICIT_TLS:
-            factory = TLSMemoryBIOFactory(components.tls_context, False, factory)
         endpoint = endpoints.serverFromString(reactor, description)
-        Listener(name, description, endpoint, factory).setServiceParent(root)
+        listeners[name] = Listener(name, description, endpoint, factory)
+        listeners[name].setServiceParent(root)
+    if config.server.smtp_workers and "smtp" in listeners:
+        from continuity.workers import SMTPWorkers
+
+        # Added after the listeners: started once they listen, stopped before them.
+        workers = SMTPWorkers(reactor, config.path, config.server.smtp_workers,
+                              {"smtp": lambda: listeners["smtp"].port.fileno()}, runner.kick)
+        workers.setServiceParent(root)
+        components.directory_changed.append(workers.directory_changed)
     log.info("continuity starting as {hostname}, data in {data_dir}",
              hostname=config.server.hostname, data_dir=os.path.abspath(config.data_dir))
     return root

@@ -28,6 +28,7 @@ IMPLICIT_TLS = frozenset({"submissions", "imaps", "pop3s"})
 class ServerConfig:
     hostname: str
     data_dir: str
+    smtp_workers: int
 
 
 @attrs.frozen
@@ -129,6 +130,12 @@ def _positive_int(key: str, value: Any) -> int:
     return value
 
 
+def _worker_count(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 64:
+        raise ConfigError(key, f"must be a whole number from 0 to 64, got {value!r}")
+    return value
+
+
 def _positive_number(key: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ConfigError(key, f"must be a positive number, got {value!r}")
@@ -194,6 +201,7 @@ _SCHEMA: dict[str, dict[str, tuple[Validator, Any]]] = {
     "server": {
         "hostname": (_hostname, None),  # default: this machine's FQDN, looked up at load
         "data_dir": (_string, "var"),
+        "smtp_workers": (_worker_count, 1),
     },
     "listen": {
         "smtp": (_check_endpoint, "tcp:25"),

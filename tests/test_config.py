@@ -31,6 +31,7 @@ def test_defaults_match_the_contract(tmp_path):
     assert config.relay.retry_intervals == (60, 300, 900, 1800, 3600)
     assert config.tls.require_tls_for_auth is True
     assert config.data_dir == os.path.join(str(tmp_path), "var")
+    assert config.server.smtp_workers == 1
 
 
 def test_relative_paths_resolve_against_the_config_folder(tmp_path):
@@ -60,6 +61,9 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path):
         ("outbound", "smarthost", "nohostport", "outbound.smarthost: must be \"host:port\""),
         ("outbound", "relay_networks", ["10.0.0.0/33"], "outbound.relay_networks: bad network"),
         ("server", "hostname", "bad host!", "server.hostname: must be a host name"),
+        ("server", "smtp_workers", -1, "server.smtp_workers: must be a whole number from 0 to 64"),
+        ("server", "smtp_workers", 65, "server.smtp_workers: must be a whole number from 0 to 64"),
+        ("server", "smtp_workers", "auto", "server.smtp_workers: must be a whole number from 0 to 64"),
         ("limits", "bogus", 1, "limits.bogus: unknown key"),
     ],
 )

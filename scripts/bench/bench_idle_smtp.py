@@ -19,7 +19,7 @@ import time
 from lab import Benchmark, Lab, Load, Sample, free_port
 from ours import Ours
 from postfix import Postfix
-from procstat import pss_kib, tree_pss_kib
+from procstat import tree_pss_kib
 
 CONNECTIONS = Load(full=1000, quick=50)
 SETTLE = 1.0
@@ -73,7 +73,7 @@ class IdleSMTPMemory(Benchmark):
         service = Ours(lab.path("idle-smtp", f"ours-{round_number}"), {"smtp": port},
                        limits={"connections_per_ip": self.connections + 100})
         with service.started():
-            value = growth_per_connection(port, lambda: pss_kib(service.pid), self.connections)
+            value = growth_per_connection(port, lambda: tree_pss_kib(service.pid), self.connections)
         return Sample(value)
 
     def peer(self, lab: Lab, round_number: int) -> Sample:

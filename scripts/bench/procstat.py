@@ -1,6 +1,7 @@
 """What a server process costs, read from ``/proc``: CPU seconds and memory.
 
-CPU is ``utime + stime`` of ``/proc/PID/stat`` (all threads of the process).
+CPU is ``utime + stime`` of ``/proc/PID/stat`` (all threads of the process,
+and of its child processes: our SMTP workers).
 Memory is PSS (proportional set size, ``/proc/PID/smaps_rollup``): a page
 shared by N processes counts 1/N in each, so summing PSS over a forking
 server's processes (Postfix's one ``smtpd`` per connection) adds up to what
@@ -23,11 +24,19 @@ def _stat_fields(pid: int) -> list[str]:
     return text[text.rindex(")") + 2:].split()
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of ``pid`` so far (all its threads)."""
-    fields = _stat_fields(pid)
+def _own_cpu_seconds(pid: int) -> float:
+    try:
+        fields = _stat_fields(pid)
+    except OSError:
+        return 0.0  # ended meanwhile
     # fields[0] is field 3 (state) of proc(5); utime and stime are fields 14 and 15.
     return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time so far of ``pid`` (all its threads) and of its live child processes
+    (our SMTP workers)."""
+    return sum(_own_cpu_seconds(p) for p in (pid, *descendants(pid)))
 
 
 def parent_of(pid: int) -> int | None:

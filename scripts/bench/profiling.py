@@ -37,7 +37,7 @@ def recording(pid: int, output: Path | None, rate: int = 200) -> Iterator[None]:
         yield
         return
     process = subprocess.Popen([binary, "record", "--pid", str(pid), "--format", "raw", "--rate", str(rate),
-                                "--nonblocking", "--threads", "--gil", "--output", str(output)],
+                                "--nonblocking", "--threads", "--gil", "--subprocesses", "--output", str(output)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         yield

@@ -109,11 +109,13 @@ class MX:
     defaults keep flows fast: 3 s timeout, probes every second, retries after 1 and 2 s).
     """
 
-    def __init__(self, tmp_path: Path, relay: dict | None = None, outbound: dict | None = None):
+    def __init__(self, tmp_path: Path, relay: dict | None = None, outbound: dict | None = None,
+                 server: dict | None = None):
         from support import CLI, default_sections, free_port, render_config
 
         self.port = free_port()
         sections = default_sections(listen={"smtp": f"tcp:{self.port}:interface=127.0.0.1"})
+        sections["server"].update(server or {})
         sections["relay"] = {"timeout": 3, "probe_interval": 1, "retry_intervals": [1, 2], "max_queue_age": 3600,
                              **(relay or {})}
         if outbound:

@@ -1,0 +1,114 @@
+"""SMTP worker processes (``[server] smtp_workers``) with the real ``twistd``: they accept on the service's
+port, their mail is delivered by the service, a killed one is started again, and none outlives the service."""
+
+from __future__ import annotations
+
+import os
+import signal
+import smtplib
+import time
+
+import pytest
+
+from service import MESSAGE, MX, wait_until
+
+from continuity.testing.sink import smtp_sink  # noqa: F401 (fixture)
+
+
+def workers_of(pid: int) -> list[int]:
+    """Live child processes of ``pid`` running ``continuity.workers``."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{name}/cmdline", "rb") as cmdline:
+                command = cmdline.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == pid and b"continuity.workers" in command:
+            found.append(int(name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def mx(tmp_path, smtp_sink):
+    upstream = smtp_sink()
+    mx = MX(tmp_path, server={"smtp_workers": 1}).start()
+    mx.add_domain(upstream.address)
+    mx.upstream = upstream
+    mx.pid = mx.service.process.pid
+    wait_until(lambda: workers_of(mx.pid), what="the SMTP worker to start")
+    yield mx
+    if mx.service.process is not None:
+        mx.stop()
+
+
+def send_while_the_service_process_is_stopped(mx, count: int) -> None:
+    """With the service process frozen (SIGSTOP), only a worker can answer: each message gets its 250 there."""
+    os.kill(mx.pid, signal.SIGSTOP)
+    try:
+        for number in range(count):
+            mx.send(["bob@example.com"], MESSAGE.replace(b"<m1@", f"<w{number}@".encode()))
+    finally:
+        os.kill(mx.pid, signal.SIGCONT)
+
+
+def test_a_worker_accepts_while_the_service_process_is_busy_and_the_service_delivers(mx):
+    (worker,) = workers_of(mx.pid)
+    send_while_the_service_process_is_stopped(mx, 3)
+    messages = mx.upstream.messages(3, timeout=20)
+    assert sorted(m.recipients for m in messages) == [("bob@example.com",)] * 3
+    assert len([line for line in mx.service.log().splitlines()
+                if "smtp worker 1:" in line and "250 2.0.0 Ok: queued as" in line]) >= 3
+    statuses = [row["status"] for row in mx.cli.json("track", "--recipient", "bob@example.com")]
+    assert statuses == ["relayed"] * 3
+
+
+def test_a_killed_worker_is_started_again(mx):
+    (worker,) = workers_of(mx.pid)
+    os.kill(worker, signal.SIGKILL)
+    (again,) = wait_until(lambda: [p for p in workers_of(mx.pid) if p != worker], timeout=15,
+                          what="a new SMTP worker")
+    assert "smtp worker 1 ended" in mx.service.log()
+    time.sleep(1)  # the new worker adopts the port as it starts
+    send_while_the_service_process_is_stopped(mx, 1)
+    assert len(mx.upstream.messages(1, timeout=20)) == 1
+
+
+def test_the_workers_end_with_a_killed_service_and_a_restart_gets_the_port(mx):
+    (worker,) = workers_of(mx.pid)
+    mx.kill()
+    wait_until(lambda: not alive(worker), timeout=10, what="the worker to end with its service")
+    mx.start()
+    mx.send(["bob@example.com"])
+    assert len(mx.upstream.messages(1, timeout=20)) == 1
+
+
+def test_without_workers_the_service_accepts_alone(tmp_path, smtp_sink):
+    upstream = smtp_sink()
+    mx = MX(tmp_path, server={"smtp_workers": 0}).start()
+    try:
+        mx.add_domain(upstream.address)
+        mx.send(["bob@example.com"])
+        assert len(upstream.messages(1, timeout=20)) == 1
+        assert workers_of(mx.service.process.pid) == []
+        os.kill(mx.service.process.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises((smtplib.SMTPServerDisconnected, TimeoutError, OSError)):
+                with smtplib.SMTP("127.0.0.1", mx.port, timeout=2) as client:
+                    client.ehlo("client.sender.example")
+        finally:
+            os.kill(mx.service.process.pid, signal.SIGCONT)
+    finally:
+        mx.stop()
