@@ -16,7 +16,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from continuity.imap.fetch import FetchItem, FetchPlan, Prefetch, Row, batches, parse_fetch, render_batch
+from continuity.imap.fetch import FetchItem, FetchPlan, Prefetch, Rows, batches, parse_fetch, render_batch
 from continuity.imap.mailbox import FolderView, parse_flags
 from continuity.imap.parser import (
     Atom,
@@ -532,12 +532,9 @@ class MailboxCommands:
                 view.note_flags(await self.run(self.store.add_flags, self.address, view.name, unseen, "S"))
                 if not plan.wants_flags:
                     plan = FetchPlan(plan.items + (FetchItem("FLAGS"),), plan.changed_since)
-        refs = view.refs
-        if plan.wants_flags:
-            flags = view.flags
-            rows = [Row(seq, uid, ref, flags(uid), ref.modseq or 0) for seq, uid in pairs for ref in (refs[uid],)]
-        else:
-            rows = [Row(seq, uid, ref, b"", ref.modseq or 0) for seq, uid in pairs for ref in (refs[uid],)]
+        refs, flags = view.refs, view.flags
+        rows = Rows([seq for seq, _ in pairs], [refs[uid] for _, uid in pairs],
+                    [flags(uid) for _, uid in pairs] if plan.wants_flags else None)
         missing = await self._stream_fetch(rows, plan)
         if missing:
             await self._sync_after(by_uid)
@@ -545,7 +542,7 @@ class MailboxCommands:
             return
         await self._ok(tag, b"FETCH completed", by_uid)
 
-    async def _stream_fetch(self, rows: list[Row], plan: FetchPlan) -> int:
+    async def _stream_fetch(self, rows: Rows, plan: FetchPlan) -> int:
         """Render and write FETCH responses in batches; the next ones are read while one is written."""
         if not rows:
             return 0

@@ -14,7 +14,8 @@ from __future__ import annotations
 import re
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from itertools import repeat
+from typing import Any
 
 import attrs
 from twisted.internet import defer
@@ -144,18 +145,25 @@ def parse_fetch(tokens: Sequence[object], by_uid: bool, condstore: bool) -> Fetc
     return FetchPlan(tuple(unique), changed_since)
 
 
-class Row(NamedTuple):
-    """One message to render: its numbers, the listed file, flags as the session shows them.
+@attrs.frozen
+class Rows:
+    """Messages to render, as columns: sequence numbers, the listed files, and the flags as
+    the session shows them (None when the FETCH shows no FLAGS); the UID and modseq are the ref's.
 
-    A named tuple rather than a frozen attrs class: a FETCH builds one per message
-    on the reactor, and a tuple costs a fraction of an attrs ``__init__``.
+    Columns rather than an object per message: a FETCH of 10,000 messages then leaves
+    nothing per message for the cyclic garbage collector, whose full passes over a
+    process holding a folder's listings took a quarter of such a FETCH.
     """
 
-    seq: int
-    uid: int
-    ref: MessageRef
-    flags: bytes
-    modseq: int
+    seqs: Sequence[int]
+    refs: Sequence[MessageRef]
+    flags: Sequence[bytes] | None = None
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def __getitem__(self, window: slice) -> Rows:
+        return Rows(self.seqs[window], self.refs[window], None if self.flags is None else self.flags[window])
 
 
 #: Reads a batch of messages: their bytes in order, None for one expunged meanwhile
@@ -163,13 +171,14 @@ class Row(NamedTuple):
 Reader = Callable[[Sequence[MessageRef]], "list[bytes | None]"]
 
 
-def _render_into(out: list[bytes], row: Row, items: tuple[FetchItem, ...], raw: bytes | None) -> None:
+def _render_into(out: list[bytes], seq: int, ref: MessageRef, flags: bytes, items: tuple[FetchItem, ...],
+                 raw: bytes | None) -> None:
     """Append ``* seq FETCH (...)`` for one message to ``out``.
 
     A literal's octets go into ``out`` as they are (the batch's one join copies
     them once); the text between literals is gathered in ``text``.
     """
-    text = b"* %d FETCH (" % row.seq
+    text = b"* %d FETCH (" % seq
     part: Part | None = None
     sep = b""
     for item in items:
@@ -180,15 +189,15 @@ def _render_into(out: list[bytes], row: Row, items: tuple[FetchItem, ...], raw: 
             out.append(raw)
             text = b""
         elif kind == "UID":
-            text += sep + b"UID %d" % row.uid
+            text += sep + b"UID %d" % ref.uid
         elif kind == "FLAGS":
-            text += sep + b"FLAGS " + row.flags
+            text += sep + b"FLAGS " + flags
         elif kind == "MODSEQ":
-            text += sep + b"MODSEQ (%d)" % row.modseq
+            text += sep + b"MODSEQ (%d)" % (ref.modseq or 0)
         elif kind == "INTERNALDATE":
-            text += sep + b"INTERNALDATE " + format_date_time(row.ref.internal_date)
+            text += sep + b"INTERNALDATE " + format_date_time(ref.internal_date)
         elif kind == "RFC822.SIZE":
-            text += sep + b"RFC822.SIZE %d" % row.ref.size
+            text += sep + b"RFC822.SIZE %d" % ref.size
         else:
             assert raw is not None
             if part is None:
@@ -222,14 +231,7 @@ def _render_into(out: list[bytes], row: Row, items: tuple[FetchItem, ...], raw: 
     out.append(text + b")\r\n")
 
 
-def render(row: Row, plan: FetchPlan, raw: bytes | None) -> bytes:
-    """``* seq FETCH (...)`` for one message whose file holds ``raw`` (None when the plan needs no file)."""
-    out: list[bytes] = []
-    _render_into(out, row, plan.items, raw)
-    return b"".join(out)
-
-
-def batches(rows: Sequence[Row], needs_file: bool) -> list[Sequence[Row]]:
+def batches(rows: Rows, needs_file: bool) -> list[Rows]:
     """Rows cut into batches of about :data:`BATCH_BYTES` of output.
 
     With files to read, the first batch is :data:`FIRST_BATCH_BYTES` and each
@@ -240,8 +242,8 @@ def batches(rows: Sequence[Row], needs_file: bool) -> list[Sequence[Row]]:
         return [rows[i: i + BATCH_MESSAGES * 5] for i in range(0, len(rows), BATCH_MESSAGES * 5)]
     out = []
     start, size, limit = 0, 0, FIRST_BATCH_BYTES
-    for index, row in enumerate(rows):
-        size += row.ref.size + 100
+    for index, ref in enumerate(rows.refs):
+        size += ref.size + 100
         if size >= limit or index - start + 1 >= BATCH_MESSAGES:
             out.append(rows[start: index + 1])
             start, size, limit = index + 1, 0, min(limit * 4, BATCH_BYTES)
@@ -250,7 +252,7 @@ def batches(rows: Sequence[Row], needs_file: bool) -> list[Sequence[Row]]:
     return out
 
 
-def render_batch(rows: Sequence[Row], plan: FetchPlan, read: Reader | None) -> tuple[bytes, int]:
+def render_batch(rows: Rows, plan: FetchPlan, read: Reader | None) -> tuple[bytes, int]:
     """One buffer of FETCH responses, and how many messages were found expunged meanwhile.
 
     When the plan needs the files, ``read`` reads the whole batch first: this
@@ -258,17 +260,18 @@ def render_batch(rows: Sequence[Row], plan: FetchPlan, read: Reader | None) -> t
     """
     out: list[bytes] = []
     items = plan.items
+    flags = rows.flags if rows.flags is not None else repeat(b"")
     if not plan.needs_file:
-        for row in rows:
-            _render_into(out, row, items, None)
+        for seq, ref, shown in zip(rows.seqs, rows.refs, flags):
+            _render_into(out, seq, ref, shown, items, None)
         return b"".join(out), 0
     assert read is not None
     missing = 0
-    for row, raw in zip(rows, read([row.ref for row in rows])):
+    for seq, ref, shown, raw in zip(rows.seqs, rows.refs, flags, read(rows.refs)):
         if raw is None:
             missing += 1
         else:
-            _render_into(out, row, items, raw)
+            _render_into(out, seq, ref, shown, items, raw)
     return b"".join(out), missing
 
 
@@ -284,7 +287,7 @@ class Prefetch:
     :param run: runs a blocking call on the worker pool, returning a Deferred.
     """
 
-    def __init__(self, run: Callable[..., defer.Deferred], chunks: Sequence[Sequence[Row]], plan: FetchPlan,
+    def __init__(self, run: Callable[..., defer.Deferred], chunks: Sequence[Rows], plan: FetchPlan,
                  read: Reader, depth: int = PREFETCH_BATCHES):
         self._run = run
         self._chunks = chunks

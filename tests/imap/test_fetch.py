@@ -132,10 +132,10 @@ def test_first_batch_is_small_and_later_ones_grow(monkeypatch):
     class Ref:
         size = 400
 
-    rows = [fetch.Row(n, n, Ref(), b"", 0) for n in range(1, 101)]
+    rows = fetch.Rows(list(range(1, 101)), [Ref()] * 100)
     chunks = fetch.batches(rows, True)
     assert [len(chunk) for chunk in chunks[:4]] == [2, 8, 16, 16]
-    assert [row.seq for chunk in chunks for row in chunk] == list(range(1, 101))
+    assert [seq for chunk in chunks for seq in chunk.seqs] == list(range(1, 101))
 
 
 def test_fetch_in_many_batches_answers_each_message_once_in_order(logged_in, store, address, small_batches,
