@@ -11,7 +11,9 @@ from twisted.internet.address import IPv4Address
 
 from continuity.imap import fetch
 from continuity.imap.fetch import Prefetch, parse_fetch
-from continuity.imap.parser import Atom
+from continuity.imap.mailbox import FolderView
+from continuity.imap.parser import Atom, ParseError, SequenceSet
+from continuity.mailstore import INBOX_NAME, FolderSnapshot
 
 from .conftest import Client, TLSTransport
 
@@ -119,6 +121,35 @@ def test_render_without_a_file_needs_no_read(logged_in, store, address):
     logged_in.command("s SELECT INBOX")
     store.read_messages = lambda refs: pytest.fail("read a file")
     assert logged_in.command("f FETCH 1:* (FLAGS)")[:3] == [b"* %d FETCH (FLAGS (\\Seen))" % n for n in (1, 2, 3)]
+
+
+# -- which messages -----------------------------------------------------------------------------
+
+
+def view_of(uids: list[int]) -> FolderView:
+    snapshot = FolderSnapshot(INBOX_NAME, 1, uids[-1] + 1 if uids else 1, 1, ())
+    view = FolderView.open(snapshot, False, ())
+    view.uids = list(uids)
+    return view
+
+
+@pytest.mark.parametrize(("text", "by_uid", "expected"), [
+    ("1:*", False, [(1, 2), (2, 4), (3, 6), (4, 8), (5, 10)]),
+    ("4,2:3,3:2,*", False, [(2, 4), (3, 6), (4, 8), (5, 10)]),
+    ("5:1,1", False, [(1, 2), (2, 4), (3, 6), (4, 8), (5, 10)]),
+    ("3:7,1,7:5,20:*", True, [(2, 4), (3, 6), (5, 10)]),
+    ("11:*", True, [(5, 10)]),  # RFC 3501 6.4.8: n:* with n beyond the largest UID is the largest
+    ("1,3,5", True, []),
+])
+def test_sequence_sets_resolve_to_each_message_once_ascending(text, by_uid, expected):
+    """Overlapping, reversed and repeated ranges name each message once, in ascending order."""
+    assert view_of([2, 4, 6, 8, 10]).resolve(SequenceSet.parse(Atom(text)), by_uid) == expected
+
+
+def test_sequence_number_beyond_the_folder_is_bad():
+    """A message number beyond the folder is a syntax error (BAD), even when other ranges are fine."""
+    with pytest.raises(ParseError):
+        view_of([2, 4]).resolve(SequenceSet.parse(Atom("1,3")), False)
 
 
 # -- batches ---------------------------------------------------------------------------------
