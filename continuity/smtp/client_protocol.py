@@ -33,6 +33,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from continuity.errors import DeliveryError
+from continuity.transport import write_now
 
 _REPLY_LINE = re.compile(rb"^([2-5][0-9][0-9])([ -]|$)(.*)$", re.DOTALL)
 _ENHANCED = re.compile(r"^([245])\.([0-9]{1,3})\.([0-9]{1,3})(?:\s+|$)")
@@ -334,7 +335,7 @@ class SMTPClientProtocol(Protocol):
         if self.failure is not None:
             return
         self._expected += len(commands)
-        self.transport.write(b"".join(command + b"\r\n" for command in commands))
+        write_now(self.transport, b"".join(command + b"\r\n" for command in commands))
 
     def send_starttls(self) -> None:
         """Write ``STARTTLS``; after a positive reply, input is discarded until :meth:`start_tls`."""
@@ -461,7 +462,7 @@ class SMTPClientProtocol(Protocol):
             if self.failure is not None:
                 raise self._failure_for("the end of the message data")
         if data:
-            self.transport.write(data)
+            write_now(self.transport, data)
 
     def pauseProducing(self) -> None:
         if self._paused is None:

@@ -40,6 +40,7 @@ from continuity.smtp.auth import MECHANISMS, AuthCommands, LoginExchange, PlainE
 from continuity.smtp.arguments import PathArgument, parse_mail, parse_rcpt
 from continuity.smtp.data import DataReader
 from continuity.smtp.pipeline import COMMAND, DATA, TOO_LONG, CommandPipeline, _TooLong
+from continuity.transport import write_now
 
 _SIZE = re.compile(r"^[0-9]{1,20}$")
 _COMMANDS = {
@@ -266,7 +267,7 @@ class SMTPServer(CommandPipeline, AuthCommands, twisted_smtp.ESMTP):
     def _send(self, reply: codes.Reply) -> None:
         if self._lost or self._closing:
             return
-        self.transport.writeSequence([line + b"\r\n" for line in reply.lines()])
+        write_now(self.transport, b"".join(line + b"\r\n" for line in reply.lines()))
         if reply.closes:
             self._close()
 
