@@ -304,34 +304,11 @@ class MailFolder:
                 path = None if found is None else os.path.join(self.path, found.subdir, found.name)
         raise MessageExpunged(f"message {ref.uid or ref.base} of {self.name} was expunged")
 
-    def read_many(self, refs: Sequence[MessageRef]) -> list[bytes | None]:
-        """The bytes of listed messages of this folder, in order; None for one that is gone.
-
-        A message costs ``open``, ``read`` and ``close`` (its listed size says how much
-        to read; no ``stat``, no file object). Messages renamed meanwhile by another
-        session (a flag change) are found again with one rescan of the folder for the
-        whole batch, not one per message.
+    def read_renamed(self, refs: Sequence[MessageRef], missing: Iterable[int], out: list[bytes | None]) -> None:
+        """Fill in ``out[index]`` for each message ``refs[index]`` of ``missing`` (all of this folder)
+        that another session renamed since it was listed (a flag change): one rescan for all of them.
+        One removed stays None.
         """
-        out: list[bytes | None] = []
-        append = out.append
-        missing = []
-        for index, ref in enumerate(refs):
-            try:
-                fd = os.open(ref.path, _OPEN_FLAGS)
-            except FileNotFoundError:
-                missing.append(index)
-                append(None)
-                continue
-            try:
-                append(_read_to_end(fd, ref.size))
-            finally:
-                os.close(fd)
-        if missing:
-            self._read_renamed(refs, missing, out)
-        return out
-
-    def _read_renamed(self, refs: Sequence[MessageRef], missing: list[int], out: list[bytes | None]) -> None:
-        """Fill in ``out[index]`` for each message of ``missing`` that still exists under another name."""
         try:
             files = self._scan()
         except MailboxNotFound:
@@ -484,6 +461,36 @@ class MailFolder:
         return removed
 
 
+def read_listed(refs: Sequence[MessageRef]) -> tuple[list[bytes | None], list[int]]:
+    """The bytes of listed messages where their listing saw them, and the indexes of those not there.
+
+    A message costs ``open``, ``read`` and ``close``: its listed size says how
+    much to read, so there is no ``stat`` and no file object; a file not found
+    is None, for :meth:`MailFolder.read_renamed` to look for.
+    """
+    out: list[bytes | None] = []
+    append = out.append
+    missing = []
+    open_, read, close = os.open, os.read, os.close
+    for ref in refs:
+        try:
+            fd = open_(ref.path, _OPEN_FLAGS)
+        except FileNotFoundError:
+            missing.append(len(out))
+            append(None)
+            continue
+        try:
+            size = ref.size
+            want = size + 1 if size < _FIRST_READ_LIMIT else _FIRST_READ_LIMIT + 1
+            data = read(fd, want)
+            if len(data) == want:
+                data += _read_rest(fd)
+        finally:
+            close(fd)
+        append(data)
+    return out, missing
+
+
 def _read_to_end(fd: int, size: int) -> bytes:
     """Everything in the open file ``fd``, expected to hold ``size`` octets.
 
@@ -492,9 +499,11 @@ def _read_to_end(fd: int, size: int) -> bytes:
     """
     want = min(size, _FIRST_READ_LIMIT) + 1
     data = os.read(fd, want)
-    if len(data) < want:
-        return data
-    chunks = [data]
+    return data if len(data) < want else data + _read_rest(fd)
+
+
+def _read_rest(fd: int) -> bytes:
+    chunks = []
     while True:
         data = os.read(fd, _READ_CHUNK)
         if not data:

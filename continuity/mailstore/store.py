@@ -23,7 +23,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from itertools import groupby
 from typing import BinaryIO
 
 from twisted.logger import Logger
@@ -32,7 +31,7 @@ from continuity.envelope import Address, normalise_domain
 from continuity.errors import InvalidAddress
 from continuity.mailstore.errors import MailstoreError, MessageExpunged, storage_error
 from continuity.mailstore.filenames import UniqueNames, normalise_flags
-from continuity.mailstore.folder import MailFolder
+from continuity.mailstore.folder import MailFolder, read_listed
 from continuity.mailstore.keywords import check_keywords
 from continuity.mailstore.mailbox import DEFAULT_SPECIAL_USE, STAGING_PREFIX, UserMailbox
 from continuity.mailstore.names import INBOX_NAME, FolderName
@@ -106,10 +105,6 @@ def count_messages(mail_root: str, domain: str) -> int:
             ]
         total += sum(_count_maildir(folder) for folder in folders)
     return total
-
-
-def _folder_key(ref: MessageRef) -> tuple[Address, FolderName]:
-    return ref.address, ref.folder
 
 
 @contextmanager
@@ -292,14 +287,21 @@ class MaildirStore:
     def read_messages(self, refs: Sequence[MessageRef]) -> list[bytes | None]:
         """The bytes of listed messages, in order; None for each one removed meanwhile.
 
-        IMAP FETCH reads its messages in batches through this: one folder lookup
-        per run of messages of the same folder, then three system calls a message
-        (:meth:`MailFolder.read_many`).
+        IMAP FETCH reads its messages in batches through this: three system
+        calls a message (:func:`~continuity.mailstore.folder.read_listed`), and one
+        rescan per folder for the messages renamed since they were listed.
         """
-        out: list[bytes | None] = []
-        for (address, folder), run in groupby(refs, key=_folder_key):
-            with _on_disk(f"reading messages of {address}"):
-                out.extend(self.mailbox(address).folder(folder).read_many(list(run)))
+        if not refs:
+            return []
+        with _on_disk(f"reading messages of {refs[0].address}"):
+            out, missing = read_listed(refs)
+            if missing:
+                by_folder: dict[tuple[Address, FolderName], list[int]] = {}
+                for index in missing:
+                    ref = refs[index]
+                    by_folder.setdefault((ref.address, ref.folder), []).append(index)
+                for (address, folder), indexes in by_folder.items():
+                    self.mailbox(address).folder(folder).read_renamed(refs, indexes, out)
         return out
 
     # -- flags ---------------------------------------------------------------------------
