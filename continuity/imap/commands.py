@@ -51,6 +51,7 @@ class _Flow:
 
     def __init__(self) -> None:
         self.paused = False
+        self.stopped = False  # the transport is going away (it stops its producer before the protocol hears)
         self._waiting: defer.Deferred | None = None
 
     def pauseProducing(self) -> None:
@@ -63,6 +64,7 @@ class _Flow:
             waiting.callback(None)
 
     def stopProducing(self) -> None:
+        self.stopped = True
         self.resumeProducing()
 
     def resumed(self) -> defer.Deferred:
@@ -564,7 +566,7 @@ class MailboxCommands:
                 self._send_raw(data)
                 if flow.paused:
                     await flow.resumed()
-                if self._lost:
+                if self._lost or flow.stopped:
                     break
         finally:
             prefetch.stop()

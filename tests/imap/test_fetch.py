@@ -256,10 +256,9 @@ def test_lost_connection_stops_the_reads(factory, store, address, small_batches,
     client.command("s SELECT INBOX")
     reads = count_reads(store, monkeypatch)
     raw(client, b"f FETCH 1:* (RFC822)")
-    producer = client.transport.producer
     before = len(reads)
+    client.transport.producer.stopProducing()  # Twisted's order: the producer first, then the protocol
     client.server.connectionLost()
-    producer.stopProducing()
     assert len(reads) == before and sum(reads) < 20
 
 
