@@ -338,15 +338,32 @@ class AdoptedListener(Service):
 
 
 def build_smtp_worker(config: Config, reactor, adopted: dict[str, int],
-                      kick: Callable[..., None]) -> tuple[MultiService, Components]:
+                      hand_over: Callable[..., None]) -> tuple[MultiService, Components]:
     """An SMTP worker process (:mod:`continuity.workers`): the listeners in ``adopted`` (name -> fd) with their
-    policies, spool and index; ``kick`` tells the service process of each message accepted."""
+    policies, spool and index. A message whose every copy goes to a continuity mailbox is delivered here
+    (claimed in the transaction that indexes it); ``hand_over`` gives the service process every other one."""
+    from continuity.delivery.agents import Agents
+    from continuity.delivery.router import Route
+    from continuity.delivery.runner import QueueRunner
     from continuity.spool.store import MessageSpool
 
     root = ServiceStack()
     components = _components(config, reactor, root)
-    index, intake = _intake(components, MessageSpool(config.spool_root))  # the service process prepared it
-    intake.kick = kick
+    spool = MessageSpool(config.spool_root)  # the service process prepared it
+    index, intake = _intake(components, spool)
+    agents = Agents(config, None, components.mailstore, components.io.run, components.directory, clock=reactor)
+    agents.intake = intake
+    runner = QueueRunner(reactor, config, components.sql, components.io.run, index, spool, components.directory,
+                         agents, passes=False, routes=frozenset({Route.MAILBOX}))
+    runner.setServiceParent(root)
+
+    def kick(queue_id: str, message: tuple[str, bytes] | None = None, claimed: list | None = None) -> None:
+        if claimed:
+            runner.kick(queue_id, message, claimed)
+        else:
+            hand_over(queue_id, message)
+
+    intake.kick, intake.claim = kick, runner.claim_new
     for name, fileno in adopted.items():
         AdoptedListener(name, fileno, protocol_factory(components, name), reactor).setServiceParent(root)
     return root, components

@@ -6,9 +6,12 @@ runner, the SMTP client) then share that core, and reaching Postfix's rate on
 a 2-core machine needs both. So the service process starts ``smtp_workers``
 child processes that accept on the same listening socket as itself (the
 kernel gives each connection to whichever process accepts first) and run the
-same MX policy, spool and index over the same ``data_dir``. Everything else -
-the queue runner, failover, IMAP, POP3, submission - stays in the service
-process.
+same MX policy, spool and index over the same ``data_dir``. A message whose
+every copy goes to a continuity mailbox (a domain in emergency mode) is
+delivered by the worker itself, claimed in the transaction that indexes it;
+every other one is handed to the service process. Everything else - queue
+passes and retries, relaying, failover, recovery, IMAP, POP3, submission -
+stays in the service process.
 
 The parent and a worker talk over pipes:
 

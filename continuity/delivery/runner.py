@@ -42,7 +42,13 @@ class QueueRunner(Service):
 
     def __init__(self, reactor: IReactorTime, config: Config, sql: SQLThread, io, index: QueueIndex,
                  spool: MessageSpool, directory: Directory, agents: Agents, failover=None,
-                 concurrency: int = 32):
+                 concurrency: int = 32, passes: bool = True, routes: frozenset[Route] | None = None):
+        """
+        :param passes: run the periodic queue passes (retries, held mail); an SMTP worker's runner runs
+            none and delivers only what it claimed itself (:meth:`claim_new`).
+        :param routes: the only routes this runner takes a new message on (``claim_new`` claims
+            nothing otherwise); None for all.
+        """
         self._reactor = reactor
         self._config = config
         self._sql = sql
@@ -52,6 +58,8 @@ class QueueRunner(Service):
         self._directory = directory
         self._agents = agents
         self.failover = failover
+        self._passes = passes
+        self._routes = routes
         self._semaphore = DeferredSemaphore(concurrency)
         self._in_flight: set[str] = set()
         self._deliveries: set[Deferred] = set()
@@ -84,7 +92,7 @@ class QueueRunner(Service):
         return DeferredList(running, consumeErrors=True) if running else None
 
     def _schedule(self, delay: float) -> None:
-        if not self.running:
+        if not self.running or not self._passes:
             return
         if self._call is not None and self._call.active():
             if self._call.getTime() <= self._reactor.seconds() + delay:
@@ -160,16 +168,22 @@ class QueueRunner(Service):
         return intervals[min(attempts, len(intervals) - 1)]
 
     def claim_new(self, entries: Sequence[QueueEntry]) -> list[tuple[QueueEntry, Decision, Domain | None]] | None:
-        """On the SQL thread, in the transaction that indexes a new message: claim its recipients and route them."""
+        """On the SQL thread, in the transaction that indexes a new message: route and claim its recipients.
+
+        None (nothing claimed) when stopped, or when a copy would take a route this runner does not.
+        """
         if not self.running:
             return None  # left queued for the next start
-        return self._claim_and_route(entries, self._reactor.seconds())
+        decisions = self._lookups(entries)
+        if self._routes is not None and any(decision.route not in self._routes for _, decision, _ in decisions):
+            return None
+        self._claim(entries, self._reactor.seconds())
+        return decisions
 
-    def _claim_and_route(self, due: Sequence[QueueEntry], now: float) -> list[tuple[QueueEntry, Decision, Domain | None]]:
-        """On the SQL thread: the attempt counted (its next one moved forward first) and where each copy goes."""
+    def _claim(self, due: Sequence[QueueEntry], now: float) -> None:
+        """On the SQL thread: count the attempt, moving the next one forward first (a crash retries then)."""
         attempts = max(e.attempts for e in due)
         self._index.claim([e.id for e in due], now + self._backoff(attempts))
-        return self._lookups(due)
 
     async def _message(self, queue_id: str, entries: Sequence[QueueEntry] | None,
                        spooled: tuple[str, bytes] | None = None, decisions: list | None = None) -> None:
@@ -183,7 +197,10 @@ class QueueRunner(Service):
                 # One trip to the SQL thread: what is due, the attempt counted, where each copy goes.
                 due = entries if entries is not None else [
                     e for e in self._index.pending(queue_id) if e.state in ("queued", "deferred")]
-                return self._claim_and_route(due, now) if due else []
+                if not due:
+                    return []
+                self._claim(due, now)
+                return self._lookups(due)
 
             if decisions is None:
                 decisions = await self._sql.run(claim_and_route)

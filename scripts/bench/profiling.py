@@ -73,8 +73,17 @@ def summary(raw: Path, top: int = 20) -> str:
         if not count.isdigit() or ";" not in stack:
             continue
         samples = int(count)
-        thread, *frames = stack.split(";")
-        thread = _thread(thread)
+        frames = stack.split(";")
+        # With --subprocesses each stack starts with its process and its parents' ("process PID:cmd").
+        processes = 0
+        while len(frames) > 1 and frames[0].startswith("process "):
+            frames.pop(0)
+            processes += 1
+        thread = _thread(frames.pop(0))
+        if not frames:
+            continue
+        if processes > 1:
+            thread = f"smtp worker {thread}"
         functions = [_function(frame) for frame in frames]
         threads[thread] += samples
         own[thread][functions[-1]] += samples

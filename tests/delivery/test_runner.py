@@ -305,3 +305,34 @@ def test_stop_waits_for_deliveries_in_flight_and_starts_no_more(tmp_path):
     assert sorted((e.state, e.attempts) for e in states.values()) == [("done", 1), ("queued", 0)]
     assert len(stack.pool.to(UPSTREAM)) == 1
     stack.stop()
+
+
+def test_a_worker_runner_claims_only_mailbox_messages_and_runs_no_passes(stack):
+    """An SMTP worker's runner (routes={MAILBOX}, no passes) delivers what goes to continuity mailboxes and
+    leaves every other message unclaimed for the service process."""
+    from continuity.delivery.router import Route
+    from continuity.delivery.runner import QueueRunner
+
+    stack.domain()
+    worker = QueueRunner(stack.clock, stack.config, stack.sql, stack.io, stack.index, stack.spool, stack.directory,
+                         stack.agents, passes=False, routes=frozenset({Route.MAILBOX}))
+    worker.startService()
+    handed: list[str] = []
+    stack.intake.claim = worker.claim_new
+    stack.intake.kick = lambda queue_id, message, claimed: (
+        worker.kick(queue_id, message, claimed) if claimed else handed.append(queue_id))
+    relayed = stack.accept(["bob@example.com"])  # normal mode: the upstream's, not the worker's
+    assert handed == [relayed]
+    assert [(e.state, e.attempts) for e in stack.queue(relayed)] == [("queued", 0)]
+    stack.directory.set_mode("example.com", "emergency", "continuityctl", automatic=False)
+    kept = stack.accept(["bob@example.com"])
+    assert handed == [relayed]
+    assert [e.state for e in stack.queue(kept)] == ["done"] and len(stack.inbox("bob@example.com")) == 1
+    assert not stack.spool.exists(kept)
+    stack.runner.stopService()
+    stack.clock.advance(120)  # no queue passes in a worker: the handed-over message waits for the service's
+    assert [e.state for e in stack.queue(relayed)] == ["queued"] and stack.pool.to(UPSTREAM) == []
+    stack.runner.startService()
+    stack.clock.advance(0)
+    assert [e.state for e in stack.queue(relayed)] == ["done"] and len(stack.inbox("bob@example.com")) == 2
+    worker.stopService()

@@ -112,3 +112,19 @@ def test_without_workers_the_service_accepts_alone(tmp_path, smtp_sink):
             os.kill(mx.service.process.pid, signal.SIGCONT)
     finally:
         mx.stop()
+
+
+def test_in_emergency_a_worker_delivers_to_the_mailbox_itself(mx):
+    """A message whose every copy goes to a continuity mailbox needs nothing of the service process."""
+    assert mx.cli("domain", "set", "example.com", "--activation", "manual").returncode == 0  # no probe ends it
+    assert mx.cli("emergency", "start", "example.com").returncode == 0
+    time.sleep(2.5)  # the worker's directory answers are at most a second old; the service's poll is 1 s
+    os.kill(mx.pid, signal.SIGSTOP)
+    try:
+        mx.send(["bob@example.com"])
+        files = wait_until(lambda: mx.inbox("bob@example.com"), timeout=10, what="the worker's Maildir delivery")
+    finally:
+        os.kill(mx.pid, signal.SIGCONT)
+    assert b"Hi Bob." in files[0].read_bytes()
+    (row,) = mx.cli.json("track", "--recipient", "bob@example.com")
+    assert row["status"] == "delayed"
