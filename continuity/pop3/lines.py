@@ -56,6 +56,8 @@ class LineBuffer:
         """
         octets = self._octets
         end = octets.find(b"\n")
+        if end < 0 and self._skipping is None and len(octets) < COMMAND_LINE_LIMIT:
+            return None  # the usual wait for the rest of a line (within every limit)
         limit = SASL_LINE_LIMIT if sasl or octets[:5].upper() == b"AUTH " else COMMAND_LINE_LIMIT
         if self._skipping is None and end < 0 and len(octets) >= limit:
             self._skipping = 0  # no line end within the limit: it can only be too long

@@ -10,18 +10,19 @@ reading, was most of the time of a RETR of a 4 KB message.
 :class:`ReadAhead` watches the numbers a session retrieves. Once the client
 reads on in order, it reads the next messages in one worker call, in the
 background while the client is busy with the reply it has, and keeps their
-wire form (:func:`~continuity.pop3.wire.wire_form`: CRLF line ends,
+wire form (CRLF line ends,
 dot-stuffed, terminated) in memory; a RETR of one of them is answered at once
-on the reactor. The window starts at :data:`FIRST_WINDOW` octets and doubles
+on the reactor, with a reply made whole on the worker pool (status line,
+message, terminator: one write, no copying on the reactor). The window starts at :data:`FIRST_WINDOW` octets and doubles
 with each window the client reads, up to :data:`READ_AHEAD_BYTES` per
 session: a client that picks messages here and there causes no read-ahead,
 and one that downloads everything soon gets a large window.
 
 Rules that keep it bounded and consistent:
 
-- what is held (wire form) never exceeds the session's budget; a message
+- what is held (the replies) never exceeds the session's budget; a message
   larger than :data:`MESSAGE_LIMIT` is never read ahead (it is streamed with
-  back-pressure as before), and a body is forgotten once RETR sent it;
+  back-pressure as before), and a message is forgotten once RETR sent it;
 - a message marked deleted (``DELE``) is dropped and never read ahead;
 - a message another tool removed before it was read ahead is left to the
   normal path, which answers ``-ERR``; one removed after it was read ahead is
@@ -41,29 +42,52 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from continuity.mailstore import MailstoreError, MessageExpunged
+from continuity.pop3 import replies
 from continuity.pop3.maildrop import Maildrop, MaildropMessage
-from continuity.pop3.wire import TERMINATOR, TopCut, wire_form
+from continuity.pop3.wire import TERMINATOR, TopCut, encode_message
 
-#: Octets of read-ahead (wire form) one session may hold at most.
+#: Octets of read-ahead (replies) one session may hold at most.
 READ_AHEAD_BYTES = 1024 * 1024
 #: The first window, once the client reads in order; it doubles with every window read, up to the budget.
 FIRST_WINDOW = 128 * 1024
 #: Larger messages are never read ahead: they are streamed chunk by chunk. At most half the first
 #: window, so that the room left when a window is planned (at least half of it) takes any candidate.
 MESSAGE_LIMIT = 64 * 1024
+#: Octets of a RETR reply besides the message: the status line (at most) and the terminator.
+_REPLY_OVERHEAD = len(f"+OK {replies.RETR_OK.format(size=10 ** 15)}\r\n") + len(TERMINATOR)
 #: Message numbers one planning step looks at, at most (a maildrop of huge messages is not scanned whole).
 SCAN_LIMIT = 1024
 
 
-def read_bodies(maildrop: Maildrop, messages: Sequence[MaildropMessage]) -> dict[int, bytes]:
-    """The wire form of each of ``messages`` that could be read whole (blocking).
+_TOP_HEAD = f"+OK {replies.TOP_OK}\r\n".encode("ascii")
+
+
+def retr_reply(message: MaildropMessage, data: bytes) -> bytes:
+    """The whole reply to RETR of ``message`` whose file holds ``data``: status line, wire form, terminator.
+
+    A message :func:`~continuity.pop3.wire.survey` found plain is its own
+    wire form; the length check guards against a file that is not the one measured.
+    """
+    head = f"+OK {replies.RETR_OK.format(size=message.size)}\r\n".encode("ascii")
+    if message.plain and len(data) == message.size:
+        return head + data + TERMINATOR
+    return head + encode_message(data)
+
+
+def top_reply(reply: bytes, lines: int) -> bytes:
+    """The reply to ``TOP msg lines`` cut from the message's RETR reply."""
+    return _TOP_HEAD + top_of(reply[reply.index(b"\n") + 1 :], lines)
+
+
+def read_replies(maildrop: Maildrop, messages: Sequence[MaildropMessage]) -> dict[int, bytes]:
+    """The RETR reply (:func:`retr_reply`) of each of ``messages`` that could be read whole (blocking).
 
     A message removed meanwhile, or one whose file outgrew its listed size, is
     left out (RETR then takes the normal path and answers for it); at any
     other store error reading stops, as the next files would most likely fail
     alike.
     """
-    bodies: dict[int, bytes] = {}
+    made: dict[int, bytes] = {}
     for message in messages:
         try:
             data = maildrop.read_whole(message)
@@ -72,8 +96,8 @@ def read_bodies(maildrop: Maildrop, messages: Sequence[MaildropMessage]) -> dict
         except (MailstoreError, OSError):
             break
         if data is not None:
-            bodies[message.number] = wire_form(data, message.plain and len(data) == message.size)
-    return bodies
+            made[message.number] = retr_reply(message, data)
+    return made
 
 
 def top_of(wire: bytes, lines: int) -> bytes:
@@ -104,8 +128,8 @@ class ReadAhead:
         self._first_window = min(first_window, budget)
         self._message_limit = min(message_limit, self._first_window // 2)
         self._window = self._first_window
-        self._bodies: dict[int, bytes] = {}
-        self._held = 0  # octets in _bodies
+        self._replies: dict[int, bytes] = {}  # RETR replies by message number
+        self._held = 0  # octets in _replies
         self._reading: frozenset[int] = frozenset()  # numbers of the batch on the worker pool
         self._reserved = 0  # octets planned for that batch
         self._generation = 0  # a batch of an older generation is thrown away when it lands
@@ -119,19 +143,20 @@ class ReadAhead:
         return self._held + self._reserved
 
     def has(self, number: int) -> bool:
-        """Whether the message's wire form is held."""
-        return number in self._bodies
+        """Whether message ``number`` is held."""
+        return number in self._replies
 
-    def peek(self, number: int) -> bytes | None:
-        """The wire form of message ``number`` if held (TOP: it stays for a RETR to follow)."""
-        return self._bodies.get(number)
+    def retr(self, number: int) -> bytes | None:
+        """The whole reply to ``RETR number`` if the message is held; it is forgotten (RETR sent it)."""
+        reply = self._replies.pop(number, None)
+        if reply is not None:
+            self._held -= len(reply)
+        return reply
 
-    def take(self, number: int) -> bytes | None:
-        """The wire form of message ``number`` if held; it is forgotten (RETR sent it)."""
-        body = self._bodies.pop(number, None)
-        if body is not None:
-            self._held -= len(body)
-        return body
+    def top(self, number: int, lines: int) -> bytes | None:
+        """The whole reply to ``TOP number lines`` if the message is held; it stays, for a RETR that may follow."""
+        reply = self._replies.get(number)
+        return None if reply is None else top_reply(reply, lines)
 
     def wait_for(self, number: int) -> defer.Deferred | None:
         """A Deferred that fires when the batch reading ``number`` landed, or None when none is."""
@@ -143,7 +168,7 @@ class ReadAhead:
 
     def forget(self, number: int) -> None:
         """``DELE``: drop the message (and never read it ahead)."""
-        self.take(number)
+        self.retr(number)
 
     def close(self) -> None:
         """The session ends: drop everything; a batch still being read is thrown away when it lands."""
@@ -169,7 +194,7 @@ class ReadAhead:
     # -- internals --------------------------------------------------------------
 
     def _drop(self) -> None:
-        self._bodies.clear()
+        self._replies.clear()
         self._held = 0
         self._reading = frozenset()
         self._reserved = 0
@@ -177,16 +202,16 @@ class ReadAhead:
         self._wake()
 
     def _pass_over(self, number: int) -> None:
-        """Drop what the client went past: the bodies below ``number`` (one a TOP kept, ones it skipped)."""
-        bodies = self._bodies
-        if number - self._last <= len(bodies):
+        """Drop what the client went past: the messages below ``number`` (one a TOP kept, ones it skipped)."""
+        held_replies = self._replies
+        if number - self._last <= len(held_replies):
             passed = range(self._last, number)
         else:
-            passed = [held for held in bodies if held < number]
+            passed = [held for held in held_replies if held < number]
         for held in passed:
-            body = bodies.pop(held, None)
-            if body is not None:
-                self._held -= len(body)
+            reply = held_replies.pop(held, None)
+            if reply is not None:
+                self._held -= len(reply)
 
     def _wake(self) -> None:
         waiters, self._waiters = self._waiters, []
@@ -206,8 +231,8 @@ class ReadAhead:
         last = min(len(messages), candidate + SCAN_LIMIT - 1)
         while candidate <= last:
             message = messages[candidate - 1]
-            cost = message.size + len(TERMINATOR)
-            if cost <= self._message_limit and not maildrop.is_deleted(candidate) and candidate not in self._bodies:
+            cost = message.size + _REPLY_OVERHEAD
+            if cost <= self._message_limit and not maildrop.is_deleted(candidate) and candidate not in self._replies:
                 if reserved + cost > room:
                     break
                 planned.append(message)
@@ -220,7 +245,7 @@ class ReadAhead:
         self._reading = frozenset(message.number for message in planned)
         self._reserved = reserved
         generation = self._generation
-        d = defer.maybeDeferred(self._run, read_bodies, maildrop, planned)
+        d = defer.maybeDeferred(self._run, read_replies, maildrop, planned)
         d.addBoth(self._landed, generation)
 
     def _landed(self, result: dict[int, bytes] | Failure, generation: int) -> None:
@@ -232,10 +257,10 @@ class ReadAhead:
             self.log.failure("read-ahead of {address} failed", result, address=str(self._maildrop.address))
         else:
             is_deleted = self._maildrop.is_deleted
-            for number, body in result.items():
-                if is_deleted(number) or self._held + len(body) > self._budget:
+            for number, reply in result.items():
+                if is_deleted(number) or self._held + len(reply) > self._budget:
                     continue
-                self._bodies[number] = body
-                self._held += len(body)
+                self._replies[number] = reply
+                self._held += len(reply)
         self._wake()
         return None

@@ -54,7 +54,7 @@ from continuity.mailstore import MailstoreError, MessageExpunged
 from continuity.pop3 import replies
 from continuity.pop3.lines import RUNAWAY, TOO_LONG, LineBuffer
 from continuity.pop3.maildrop import IMaildrop, Maildrop, MaildropInUse, MessageDeleted, NoSuchMessage, SizeCache
-from continuity.pop3.readahead import READ_AHEAD_BYTES, ReadAhead, top_of
+from continuity.pop3.readahead import READ_AHEAD_BYTES, ReadAhead
 from continuity.pop3.transfer import MessageTransfer, TransferFailed, WriteGate, write_now
 
 AUTHORIZATION, TRANSACTION, UPDATE = "AUTHORIZATION", "TRANSACTION", "UPDATE"
@@ -513,9 +513,9 @@ class POP3Server(twisted_pop3.POP3):
 
     def do_RETR(self, argument: str) -> defer.Deferred | None:
         message = self._message(argument.strip())
-        wire = self._ahead.take(message.number)
-        if wire is not None:  # read ahead: answered now, without a trip to the worker pool
-            return self._answer_from_memory(message, wire, None)
+        reply = self._ahead.retr(message.number)
+        if reply is not None:  # read ahead: answered now, without a trip to the worker pool
+            return self._answer_from_memory(message, reply, retrieved=True)
         return defer.Deferred.fromCoroutine(self._send_message(message, None))
 
     def do_TOP(self, argument: str) -> defer.Deferred | None:
@@ -526,26 +526,25 @@ class POP3Server(twisted_pop3.POP3):
         if not _NUMBER.fullmatch(parts[1]):
             raise Refusal(replies.BAD_LINES.format(argument=replies.printable(parts[1], 40)))
         top_lines = int(parts[1])
-        wire = self._ahead.peek(message.number)  # kept: a RETR of the same message often follows
-        if wire is not None:
-            return self._answer_from_memory(message, top_of(wire, top_lines), top_lines)
+        reply = self._ahead.top(message.number, top_lines)
+        if reply is not None:
+            return self._answer_from_memory(message, reply, retrieved=False)
         return defer.Deferred.fromCoroutine(self._send_message(message, top_lines))
 
-    def _answer_from_memory(self, message, body: bytes, top_lines: int | None) -> defer.Deferred | None:
-        """RETR or TOP with a body read ahead (wire form, terminator included): one write.
+    def _answer_from_memory(self, message, reply: bytes, retrieved: bool) -> defer.Deferred | None:
+        """RETR (``retrieved``) or TOP of a message read ahead, with its whole reply: one write.
 
         Returns a Deferred that holds the next commands while the transport's
         buffer is full (the client is not reading), else None.
         """
         if self._lost or self._closing:
             return None
-        text = replies.TOP_OK if top_lines is not None else replies.RETR_OK.format(size=message.size)
         transport = self.transport
         if not self._gated:
             transport.registerProducer(self._gate, True)
             self._gated = True
-        write_now(transport, b"+OK " + text.encode("ascii") + b"\r\n" + body)
-        if top_lines is None:
+        write_now(transport, reply)
+        if retrieved:
             self.maildrop.retrieved(message.number)
         self._ahead.served(message.number)  # after the write: the reply goes out first
         return self._gate.drained() if self._gate.paused else None
@@ -556,10 +555,9 @@ class POP3Server(twisted_pop3.POP3):
         landing = ahead.wait_for(message.number)
         if landing is not None:  # being read ahead right now: wait for it rather than read it twice
             await landing
-            wire = ahead.take(message.number) if top_lines is None else ahead.peek(message.number)
-            if wire is not None:
-                drained = self._answer_from_memory(
-                    message, wire if top_lines is None else top_of(wire, top_lines), top_lines)
+            reply = ahead.retr(message.number) if top_lines is None else ahead.top(message.number, top_lines)
+            if reply is not None:
+                drained = self._answer_from_memory(message, reply, retrieved=top_lines is None)
                 if drained is not None:
                     await drained
                 return

@@ -124,7 +124,7 @@ def survey(handle: BinaryIO) -> tuple[int, bool]:
 
     A plain message is its own wire form: CRLF line ends, a last line that
     ends, no line that starts with a dot. Nearly all mail is; sending it
-    then only needs the terminator (:func:`wire_form`).
+    then only needs the terminator.
     """
     encoder = MultilineEncoder()
     octets = sent = 0
@@ -133,14 +133,6 @@ def survey(handle: BinaryIO) -> tuple[int, bool]:
         sent += len(encoder.encode(chunk))
     sent += len(encoder.finish()) - len(TERMINATOR)
     return sent - encoder.stuffed, sent == octets and not encoder.stuffed
-
-
-def wire_form(message: bytes, plain: bool = False) -> bytes:
-    """The whole multi-line body for ``message``, terminator included.
-
-    :param plain: :func:`survey` found the message plain: it is sent as it is.
-    """
-    return message + TERMINATOR if plain else encode_message(message)
 
 
 def encode_message(message: bytes, top_lines: int | None = None) -> bytes:
