@@ -545,23 +545,29 @@ class MailboxCommands:
         await self._ok(tag, b"FETCH completed", by_uid)
 
     async def _stream_fetch(self, rows: Rows, plan: FetchPlan) -> int:
-        """Render and write FETCH responses in batches; the next ones are read while one is written."""
+        """Write FETCH responses in batches as the client takes them; return how many messages were gone.
+
+        Batches that need the files are read on the worker pool a few ahead
+        (:class:`~continuity.imap.fetch.Prefetch`); the others are rendered here,
+        each when the one before has gone to the kernel, so the client reads the
+        first while the next is rendered.
+        """
         if not rows:
             return 0
-        if not plan.needs_file:
-            missing = 0
-            for chunk in batches(rows, False):
-                data, lost = render_batch(chunk, plan, None)
-                self._send_raw(data)
-                missing += lost
-            return missing
-        prefetch = Prefetch(self.run, batches(rows, True), plan, self.store.read_messages)
+        chunks = batches(rows, plan.needs_file)
+        if len(chunks) == 1 and not plan.needs_file:
+            self._send_raw(render_batch(chunks[0], plan, None)[0])
+            return 0
+        prefetch = Prefetch(self.run, chunks, plan, self.store.read_messages) if plan.needs_file else None
         flow = _Flow()
         self.transport.registerProducer(flow, True)
         missing = 0
         try:
-            for _ in range(len(prefetch)):
-                data, lost = await prefetch.next()
+            for chunk in chunks:
+                if prefetch is None:
+                    data, lost = render_batch(chunk, plan, None)
+                else:
+                    data, lost = await prefetch.next()
                 missing += lost
                 self._send_raw(data)
                 if flow.paused:
@@ -569,7 +575,8 @@ class MailboxCommands:
                 if self._lost or flow.stopped:
                     break
         finally:
-            prefetch.stop()
+            if prefetch is not None:
+                prefetch.stop()
             if not self._lost:
                 self.transport.unregisterProducer()
         return missing

@@ -38,6 +38,7 @@ _NEEDS_FILE = {"ENVELOPE", "BODYSTRUCTURE", "BODY", "RFC822", "RFC822.HEADER", "
 BATCH_BYTES = 1 << 20  # a rendered batch is about this big (one worker call, one write)
 FIRST_BATCH_BYTES = 1 << 16  # the first batches are smaller, so the first response leaves sooner
 BATCH_MESSAGES = 2000
+FLAG_BATCH_MESSAGES = 2000  # a batch without files (FLAGS, UID...) is rendered on the reactor: about 80 KB
 PREFETCH_BATCHES = 2  # rendered (or being rendered) batches a FETCH keeps ahead of the one being written
 
 
@@ -239,7 +240,7 @@ def batches(rows: Rows, needs_file: bool) -> list[Rows]:
     first responses after a short read, and the rest in few big writes.
     """
     if not needs_file:
-        return [rows[i: i + BATCH_MESSAGES * 5] for i in range(0, len(rows), BATCH_MESSAGES * 5)]
+        return [rows[i: i + FLAG_BATCH_MESSAGES] for i in range(0, len(rows), FLAG_BATCH_MESSAGES)]
     out = []
     start, size, limit = 0, 0, FIRST_BATCH_BYTES
     for index, ref in enumerate(rows.refs):

@@ -248,6 +248,33 @@ def test_slow_client_holds_reads_a_few_batches_ahead(factory, store, address, sm
     assert client.take().endswith(b"f OK FETCH completed\r\n") and sum(reads) == 20
 
 
+def test_flags_of_many_messages_are_rendered_a_batch_at_a_time(factory, store, address, monkeypatch):
+    """FETCH (FLAGS) of more than a batch renders the next batch only when the client took the one before."""
+    monkeypatch.setattr(fetch, "FLAG_BATCH_MESSAGES", 3)
+    deliver(store, address, 10)
+    client = SlowClient(factory)
+    client.login()
+    client.command("s SELECT INBOX")
+    assert fetched_numbers(raw(client, b"f FETCH 1:* (FLAGS)")) == [1, 2, 3]
+    client.transport.producer.resumeProducing()
+    assert fetched_numbers(client.take()) == [4, 5, 6]
+    while client.transport.producer is not None:
+        client.transport.producer.resumeProducing()
+    reply = client.take()
+    assert fetched_numbers(reply) == [7, 8, 9, 10] and reply.endswith(b"f OK FETCH completed\r\n")
+
+
+def test_flags_of_one_batch_are_written_without_a_producer(factory, store, address):
+    """A FETCH without files that fits one batch is written at once: no producer is registered."""
+    deliver(store, address, 3)
+    client = SlowClient(factory)
+    client.login()
+    client.command("s SELECT INBOX")
+    registered = []
+    client.transport.registerProducer = lambda producer, streaming: registered.append(producer)
+    assert fetched_numbers(raw(client, b"f FETCH 1:* (FLAGS)")) == [1, 2, 3] and not registered
+
+
 def test_lost_connection_stops_the_reads(factory, store, address, small_batches, monkeypatch):
     """When a slow client goes away mid-FETCH, no further batch is read."""
     deliver(store, address, 20)
