@@ -16,7 +16,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from continuity.imap.fetch import FetchItem, FetchPlan, Prefetch, Rows, batches, parse_fetch, render_batch
+from continuity.imap.fetch import FetchItem, FetchPlan, Rows, parse_fetch, stream_fetch
 from continuity.imap.mailbox import FolderView, parse_flags
 from continuity.imap.parser import (
     Atom,
@@ -44,32 +44,6 @@ class Refusal(Exception):
         super().__init__(text)
         self.text = text
         self.allow_expunge = allow_expunge
-
-
-class _Flow:
-    """Push-producer for FETCH output: the transport pauses it when its buffer is full."""
-
-    def __init__(self) -> None:
-        self.paused = False
-        self.stopped = False  # the transport is going away (it stops its producer before the protocol hears)
-        self._waiting: defer.Deferred | None = None
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        waiting, self._waiting = self._waiting, None
-        if waiting is not None:
-            waiting.callback(None)
-
-    def stopProducing(self) -> None:
-        self.stopped = True
-        self.resumeProducing()
-
-    def resumed(self) -> defer.Deferred:
-        self._waiting = defer.Deferred()
-        return self._waiting
 
 
 def load_folder(store: Any, address: Any, name: FolderName, claim: bool) -> tuple:
@@ -537,49 +511,13 @@ class MailboxCommands:
         refs, flags = view.refs, view.flags
         rows = Rows([seq for seq, _ in pairs], [refs[uid] for _, uid in pairs],
                     [flags(uid) for _, uid in pairs] if plan.wants_flags else None)
-        missing = await self._stream_fetch(rows, plan)
+        missing = await stream_fetch(self.transport, rows, plan, self.run, self.store.read_messages,
+                                     lambda: self._lost)
         if missing:
             await self._sync_after(by_uid)
             self._send(tag + b" NO [EXPUNGEISSUED] Some messages were expunged meanwhile")
             return
         await self._ok(tag, b"FETCH completed", by_uid)
-
-    async def _stream_fetch(self, rows: Rows, plan: FetchPlan) -> int:
-        """Write FETCH responses in batches as the client takes them; return how many messages were gone.
-
-        Batches that need the files are read on the worker pool a few ahead
-        (:class:`~continuity.imap.fetch.Prefetch`); the others are rendered here,
-        each when the one before has gone to the kernel, so the client reads the
-        first while the next is rendered.
-        """
-        if not rows:
-            return 0
-        chunks = batches(rows, plan.needs_file)
-        if len(chunks) == 1 and not plan.needs_file:
-            self._send_raw(render_batch(chunks[0], plan, None)[0])
-            return 0
-        prefetch = Prefetch(self.run, chunks, plan, self.store.read_messages) if plan.needs_file else None
-        flow = _Flow()
-        self.transport.registerProducer(flow, True)
-        missing = 0
-        try:
-            for chunk in chunks:
-                if prefetch is None:
-                    data, lost = render_batch(chunk, plan, None)
-                else:
-                    data, lost = await prefetch.next()
-                missing += lost
-                self._send_raw(data)
-                if flow.paused:
-                    await flow.resumed()
-                if self._lost or flow.stopped:
-                    break
-        finally:
-            if prefetch is not None:
-                prefetch.stop()
-            if not self._lost:
-                self.transport.unregisterProducer()
-        return missing
 
     def _store_args(self, args: list) -> tuple[SequenceSet, int | None, str, bool, str, tuple[str, ...]]:
         if len(args) < 3:

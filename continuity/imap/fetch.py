@@ -3,10 +3,10 @@
 :func:`parse_fetch` turns the attribute list into a :class:`FetchPlan`;
 :func:`render_batch` renders many messages into one buffer, reading their
 files, and runs on the worker pool: a FETCH of 10,000 messages is a few dozen
-thread hops and writes, not a Deferred per message. :class:`Prefetch` keeps
-those worker calls running back to back a few batches ahead of the writes,
-so the reactor finds the next batch rendered when the client has taken the
-last one.
+thread hops and writes, not a Deferred per message. :func:`stream_fetch`
+writes the batches as the client takes them; :class:`Prefetch` keeps the
+worker calls running back to back a few batches ahead of the writes, so the
+reactor finds the next batch rendered when the client has taken the last one.
 """
 
 from __future__ import annotations
@@ -343,3 +343,71 @@ class Prefetch:
         """Start no more reads (the connection is gone); a read under way finishes and is dropped."""
         self._stopped = self._closed = True
         self._ready.clear()
+
+
+class _Flow:
+    """Push-producer for FETCH output: the transport pauses it when its buffer is full."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.stopped = False  # the transport is going away (it stops its producer before the protocol hears)
+        self._waiting: defer.Deferred | None = None
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.callback(None)
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+        self.resumeProducing()
+
+    def resumed(self) -> defer.Deferred:
+        self._waiting = defer.Deferred()
+        return self._waiting
+
+
+async def stream_fetch(transport: Any, rows: Rows, plan: FetchPlan, run: Callable[..., defer.Deferred],
+                       read: Reader, lost: Callable[[], bool]) -> int:
+    """Write the FETCH responses of ``rows`` in batches as the client takes them; return how many
+    messages were gone.
+
+    Batches that need the files are read on the worker pool (``run``) a few
+    ahead (:class:`Prefetch`); the others are rendered here, each when the one
+    before has gone to the kernel, so the client reads the first while the
+    next is rendered. ``lost`` tells that the connection is gone.
+    """
+    if not rows:
+        return 0
+    chunks = batches(rows, plan.needs_file)
+    if len(chunks) == 1 and not plan.needs_file:
+        if not lost():
+            transport.write(render_batch(chunks[0], plan, None)[0])
+        return 0
+    prefetch = Prefetch(run, chunks, plan, read) if plan.needs_file else None
+    flow = _Flow()
+    transport.registerProducer(flow, True)
+    missing = 0
+    try:
+        for chunk in chunks:
+            if prefetch is None:
+                data, gone = render_batch(chunk, plan, None)
+            else:
+                data, gone = await prefetch.next()
+            missing += gone
+            if not lost() and data:
+                transport.write(data)
+            if flow.paused:
+                await flow.resumed()
+            if lost() or flow.stopped:
+                break
+    finally:
+        if prefetch is not None:
+            prefetch.stop()
+        if not lost():
+            transport.unregisterProducer()
+    return missing
