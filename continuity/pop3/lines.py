@@ -49,6 +49,19 @@ class LineBuffer:
         self._octets.clear()
         return count
 
+    def whole_line(self, data: bytes) -> bytes | None:
+        """``data`` as a line (without its line end) when it is exactly one command line and nothing is pending.
+
+        The usual case of a client that waits for each reply: the octets of one
+        read are one command. Then nothing is buffered; otherwise (None) feed
+        them and take lines with :meth:`next_line`.
+        """
+        if self._octets or self._skipping is not None or not data or data.find(b"\n") != len(data) - 1:
+            return None
+        if data.endswith(b"\r\n"):
+            return data[:-2] if len(data) <= COMMAND_LINE_LIMIT else None
+        return data[:-1] if len(data) < COMMAND_LINE_LIMIT else None  # counted with the CR it lacks
+
     def next_line(self, sasl: bool = False) -> bytes | _Marker | None:
         """The next line without its line end, :data:`TOO_LONG`, :data:`RUNAWAY`, or None (need more).
 

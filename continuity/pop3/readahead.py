@@ -178,7 +178,7 @@ class ReadAhead:
     def served(self, number: int) -> None:
         """RETR or TOP of ``number`` is being answered: go on reading ahead if the client reads in order."""
         in_order = self._last <= number <= self._horizon + 1
-        if in_order:
+        if in_order and (number > self._last + 1 or self._last in self._replies):
             self._pass_over(number)
         self._last = number
         if not in_order:

@@ -263,6 +263,11 @@ class POP3Server(twisted_pop3.POP3):
         if self._closing or self._lost:
             return
         self.resetTimeout()
+        if not (self._busy or self._sasl_pending):
+            line = self._input.whole_line(data)
+            if line is not None:  # one command, nothing pending: no buffering
+                self._run(self._line(line))
+                return
         self._input.feed(data)
         if self._busy and len(self._input) > PIPELINE_LIMIT:
             self.log.info("{session_id} pipelined input overflow", session_id=self.session_id)
