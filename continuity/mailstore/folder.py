@@ -49,6 +49,7 @@ from continuity.mailstore.uidlist import LOCK_NAME, UIDLIST_NAME, UidList, UidLi
 # MAILDIR_SYNC_SECS idea).
 SYNC_SLACK = 2.0
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
 # The first read of a message asks for its listed size plus one octet, so a message whose
 # ``,S=`` size is right is read in one call and its end is seen without a second one; a
 # size that lies (another tool's file) costs a bounded buffer, then reads to the end.
@@ -465,29 +466,47 @@ def read_listed(refs: Sequence[MessageRef]) -> tuple[list[bytes | None], list[in
     """The bytes of listed messages where their listing saw them, and the indexes of those not there.
 
     A message costs ``open``, ``read`` and ``close``: its listed size says how
-    much to read, so there is no ``stat`` and no file object; a file not found
-    is None, for :meth:`MailFolder.read_renamed` to look for.
+    much to read, so there is no ``stat`` and no file object, and it is opened
+    by name relative to its directory, opened once for the batch (the kernel
+    walks the path down to ``cur/`` once, not for every message). A file not
+    found is None, for :meth:`MailFolder.read_renamed` to look for.
     """
     out: list[bytes | None] = []
     append = out.append
     missing = []
+    directories: dict[str, int] = {}  # path -> open descriptor, or -1 when it is gone
     open_, read, close = os.open, os.read, os.close
-    for ref in refs:
-        try:
-            fd = open_(ref.path, _OPEN_FLAGS)
-        except FileNotFoundError:
-            missing.append(len(out))
-            append(None)
-            continue
-        try:
-            size = ref.size
-            want = size + 1 if size < _FIRST_READ_LIMIT else _FIRST_READ_LIMIT + 1
-            data = read(fd, want)
-            if len(data) == want:
-                data += _read_rest(fd)
-        finally:
-            close(fd)
-        append(data)
+    try:
+        for ref in refs:
+            directory, _, name = ref.path.rpartition("/")
+            dir_fd = directories.get(directory)
+            if dir_fd is None:
+                try:
+                    dir_fd = open_(directory, _DIR_FLAGS)
+                except (FileNotFoundError, NotADirectoryError):
+                    dir_fd = -1
+                directories[directory] = dir_fd
+            try:
+                if dir_fd < 0:
+                    raise FileNotFoundError
+                fd = open_(name, _OPEN_FLAGS, dir_fd=dir_fd)
+            except FileNotFoundError:
+                missing.append(len(out))
+                append(None)
+                continue
+            try:
+                size = ref.size
+                want = size + 1 if size < _FIRST_READ_LIMIT else _FIRST_READ_LIMIT + 1
+                data = read(fd, want)
+                if len(data) == want:
+                    data += _read_rest(fd)
+            finally:
+                close(fd)
+            append(data)
+    finally:
+        for dir_fd in directories.values():
+            if dir_fd >= 0:
+                close(dir_fd)
     return out, missing
 
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from continuity.mailstore import MessageExpunged
+from continuity.mailstore import MailstoreError, MessageExpunged
 from continuity.mailstore import folder as folder_module
 from continuity.mailstore.folder import MailFolder
 
@@ -94,3 +94,33 @@ def test_read_messages_of_a_deleted_folder_answers_none(store, alice) -> None:
     refs = _deliver(store, alice, 2, "Old")
     store.delete_folder(alice, "Old")
     assert store.read_messages(refs) == [None, None]
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_read_messages_of_new_and_cur_in_one_batch(store, alice) -> None:
+    """Messages still in new/ and messages in cur/ are read in one batch, and no descriptor stays open."""
+    store.deliver(alice, b"Subject: new\r\n\r\nx\r\n")
+    store.deliver(alice, b"Subject: seen\r\n\r\ny\r\n", flags="S")
+    refs = store.get_messages(alice)
+    assert sorted(ref.path.split("/")[-2] for ref in refs) == ["cur", "new"]
+    before = _open_descriptors()
+    assert [body[:12] for body in store.read_messages(refs)] == [b"Subject: new", b"Subject: see"]
+    assert _open_descriptors() == before
+
+
+def test_read_messages_closes_its_descriptors_on_an_error(store, alice, monkeypatch) -> None:
+    """A read that fails (a disk error) leaves no file or directory descriptor open."""
+    refs = _deliver(store, alice, 3)
+    before = _open_descriptors()
+
+    def failing_read(fd, size):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(folder_module.os, "read", failing_read)
+    with pytest.raises(MailstoreError):
+        store.read_messages(refs)
+    monkeypatch.undo()
+    assert _open_descriptors() == before
