@@ -1,4 +1,4 @@
-"""FETCH (RFC 3501 6.4.5, 7.4.2; RFC 7162 3.1.4 MODSEQ and CHANGEDSINCE): what was asked, and its rendering.
+"""FETCH (RFC 3501 6.4.5, 7.4.2; RFC 7162 3.1.4 MODSEQ and CHANGEDSINCE): what was asked, its rendering and its streaming.
 
 :func:`parse_fetch` turns the attribute list into a :class:`FetchPlan`;
 :func:`render_batch` renders many messages into one buffer, reading their
