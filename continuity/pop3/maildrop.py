@@ -226,6 +226,11 @@ class Maildrop:
             raise MessageDeleted(number)
         return self.messages[number - 1]
 
+    @property
+    def deletions(self) -> int:
+        """How many messages are marked deleted in this session."""
+        return len(self._deleted)
+
     def is_deleted(self, number: int) -> bool:
         """Whether message ``number`` is marked deleted in this session."""
         return number in self._deleted

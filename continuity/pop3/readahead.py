@@ -60,6 +60,7 @@ SCAN_LIMIT = 1024
 
 
 _TOP_HEAD = f"+OK {replies.TOP_OK}\r\n".encode("ascii")
+_RETR_HEAD = ("+OK " + replies.RETR_OK.replace("{size}", "%d") + "\r\n").encode("ascii")  # one %d: the size
 
 
 def retr_reply(message: MaildropMessage, data: bytes) -> bytes:
@@ -68,7 +69,7 @@ def retr_reply(message: MaildropMessage, data: bytes) -> bytes:
     A message :func:`~continuity.pop3.wire.survey` found plain is its own
     wire form; the length check guards against a file that is not the one measured.
     """
-    head = f"+OK {replies.RETR_OK.format(size=message.size)}\r\n".encode("ascii")
+    head = _RETR_HEAD % message.size
     if message.plain and len(data) == message.size:
         return head + data + TERMINATOR
     return head + encode_message(data)
@@ -248,6 +249,19 @@ class ReadAhead:
         d = defer.maybeDeferred(self._run, read_replies, maildrop, planned)
         d.addBoth(self._landed, generation)
 
+    def _keep(self, result: dict[int, bytes]) -> None:
+        """Hold a batch's replies, but none of a message marked deleted meanwhile, and never past the budget."""
+        size = sum(map(len, result.values()))
+        if self._held + size <= self._budget and not self._maildrop.deletions:
+            self._replies.update(result)  # the usual case, in one step
+            self._held += size
+            return
+        is_deleted = self._maildrop.is_deleted
+        for number, reply in result.items():
+            if not is_deleted(number) and self._held + len(reply) <= self._budget:
+                self._replies[number] = reply
+                self._held += len(reply)
+
     def _landed(self, result: dict[int, bytes] | Failure, generation: int) -> None:
         if generation != self._generation:
             return None  # dropped meanwhile (the client jumped, or the session ended)
@@ -256,11 +270,6 @@ class ReadAhead:
         if isinstance(result, Failure):
             self.log.failure("read-ahead of {address} failed", result, address=str(self._maildrop.address))
         else:
-            is_deleted = self._maildrop.is_deleted
-            for number, reply in result.items():
-                if is_deleted(number) or self._held + len(reply) > self._budget:
-                    continue
-                self._replies[number] = reply
-                self._held += len(reply)
+            self._keep(result)
         self._wake()
         return None
