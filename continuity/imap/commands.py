@@ -499,18 +499,19 @@ class MailboxCommands:
         plan = parse_fetch(args[1:], by_uid, self.condstore)
         if plan.changed_since is not None or plan.wants_modseq:
             self.condstore = True
-        pairs = view.resolve(sequence, by_uid)
+        seqs, uids = view.select(sequence, by_uid)
         if plan.changed_since is not None:
-            pairs = [(seq, uid) for seq, uid in pairs if (view.refs[uid].modseq or 0) > plan.changed_since]
+            since, refs = plan.changed_since, view.refs
+            kept = [index for index, uid in enumerate(uids) if (refs[uid].modseq or 0) > since]
+            seqs, uids = [seqs[index] for index in kept], [uids[index] for index in kept]
         if plan.sets_seen and not view.readonly:
-            unseen = [uid for _, uid in pairs if "S" not in view.refs[uid].flags and uid not in view.gone]
+            unseen = [uid for uid in uids if "S" not in view.refs[uid].flags and uid not in view.gone]
             if unseen:
                 view.note_flags(await self.run(self.store.add_flags, self.address, view.name, unseen, "S"))
                 if not plan.wants_flags:
                     plan = FetchPlan(plan.items + (FetchItem("FLAGS"),), plan.changed_since)
         refs, flags = view.refs, view.flags
-        rows = Rows([seq for seq, _ in pairs], [refs[uid] for _, uid in pairs],
-                    [flags(uid) for _, uid in pairs] if plan.wants_flags else None)
+        rows = Rows(seqs, [refs[uid] for uid in uids], [flags(uid) for uid in uids] if plan.wants_flags else None)
         missing = await stream_fetch(self.transport, rows, plan, self.run, self.store.read_messages,
                                      lambda: self._lost)
         if missing:

@@ -176,6 +176,17 @@ class FolderView:
 
         :raises ParseError: for a sequence number beyond the folder (RFC 3501 6.4.5 says BAD).
         """
+        seqs, uids = self.select(sequence, by_uid)
+        return list(zip(seqs, uids))
+
+    def select(self, sequence: SequenceSet, by_uid: bool) -> tuple[list[int], list[int]]:
+        """The sequence numbers and the UIDs of the messages a set names, ascending, as two lists.
+
+        No tuple per message: FETCH of 10,000 messages allocates nothing the cyclic
+        garbage collector counts (each burst of such objects could set off a full pass).
+
+        :raises ParseError: for a sequence number beyond the folder (RFC 3501 6.4.5 says BAD).
+        """
         uids = self.uids
         spans: list[tuple[int, int]] = []  # [start, end) indexes into uids
         if by_uid:
@@ -186,20 +197,22 @@ class FolderView:
             if not uids:
                 if any(low is not None for low, _ in sequence.ranges):
                     raise ParseError("no messages in this folder")
-                return []
+                return [], []
             for low, high in sequence.resolve(len(uids)):
                 if high > len(uids):
                     raise ParseError(f"message {high} does not exist")
                 spans.append((low - 1, high))
-        # Overlapping spans merged, each taken as a slice: 1:* of 10,000 is one zip, not a set and a sort.
-        out: list[tuple[int, int]] = []
+        # Overlapping spans merged, each taken as a slice: 1:* of 10,000 is one slice, not a set and a sort.
+        seqs: list[int] = []
+        chosen: list[int] = []
         taken = 0
         for start, end in sorted(spans):
             start = max(start, taken)
             if start < end:
-                out.extend(zip(range(start + 1, end + 1), uids[start:end]))
+                seqs.extend(range(start + 1, end + 1))
+                chosen.extend(uids[start:end])
                 taken = end
-        return out
+        return seqs, chosen
 
     def update(self, snapshot: FolderSnapshot, announce_expunges: bool, condstore: bool,
                claimed: Iterable[int] = ()) -> list[bytes]:

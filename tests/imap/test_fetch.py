@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import re
+import time
 
 import pytest
 from twisted.internet import defer
@@ -150,6 +152,35 @@ def test_sequence_number_beyond_the_folder_is_bad():
     """A message number beyond the folder is a syntax error (BAD), even when other ranges are fine."""
     with pytest.raises(ParseError):
         view_of([2, 4]).resolve(SequenceSet.parse(Atom("1,3")), False)
+
+
+def test_fetch_allocates_nothing_per_message_for_the_garbage_collector(logged_in, store, address):
+    """FETCH of 1,500 messages sets off at most one young collection of the cyclic GC: no object per
+    message that it tracks (a burst of them once set off full passes of 50-100 ms)."""
+    store.ensure_mailbox(address)
+    cur = os.path.join(store.user_root(address), "cur")
+    for number in range(1, 1501):
+        with open(os.path.join(cur, "1700000000.M%dP1.test,S=%d:2,S" % (number, len(message(number)))), "wb") as f:
+            f.write(message(number))
+    past = time.time() - 100
+    for subdir in ("cur", "new"):  # an old folder: its listing is cached, not rescanned after each command
+        os.utime(os.path.join(store.user_root(address), subdir), (past, past))
+    logged_in.command("s SELECT INBOX")
+    collections = []
+
+    def count(phase, info):
+        if phase == "start":
+            collections.append(info["generation"])
+
+    for command in (b"f FETCH 1:* (RFC822)", b"g UID FETCH 1:* (FLAGS)"):
+        gc.collect()
+        gc.callbacks.append(count)
+        try:
+            reply = raw(logged_in, command)
+        finally:
+            gc.callbacks.remove(count)
+        assert len(fetched_numbers(reply)) == 1500
+    assert len(collections) <= 2
 
 
 # -- batches ---------------------------------------------------------------------------------
