@@ -10,13 +10,14 @@ reading, was most of the time of a RETR of a 4 KB message.
 :class:`ReadAhead` watches the numbers a session retrieves. Once the client
 reads on in order, it reads the next messages in one worker call, in the
 background while the client is busy with the reply it has, and keeps their
-wire form (CRLF line ends,
-dot-stuffed, terminated) in memory; a RETR of one of them is answered at once
-on the reactor, with a reply made whole on the worker pool (status line,
-message, terminator: one write, no copying on the reactor). The window starts at :data:`FIRST_WINDOW` octets and doubles
-with each window the client reads, up to :data:`READ_AHEAD_BYTES` per
-session: a client that picks messages here and there causes no read-ahead,
-and one that downloads everything soon gets a large window.
+whole RETR replies in memory (status line, message in wire form - CRLF line
+ends, dot-stuffed - and terminator, made on the worker pool; a message found
+plain when it was measured needs no encoding). A RETR of one of them is
+answered at once on the reactor with one write, no copying. The window starts
+at :data:`FIRST_WINDOW` octets and doubles with each window the client reads,
+up to :data:`READ_AHEAD_BYTES` per session: a client that picks messages here
+and there causes no read-ahead, and one that downloads everything soon gets a
+large window.
 
 Rules that keep it bounded and consistent:
 

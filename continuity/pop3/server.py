@@ -34,9 +34,6 @@ byte-stuffing misses a dot at the start of a message or of a chunk, and its
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -52,6 +49,7 @@ from continuity.counters import ConnectionCounter
 from continuity.directory.cred import Authenticator, Login, LoginFailed, LoginThrottled
 from continuity.mailstore import MailstoreError, MessageExpunged
 from continuity.pop3 import replies
+from continuity.pop3.arguments import Refusal, decode_base64, decode_plain, parse_line_count, parse_number
 from continuity.pop3.lines import RUNAWAY, TOO_LONG, LineBuffer
 from continuity.pop3.maildrop import IMaildrop, Maildrop, MaildropInUse, MessageDeleted, NoSuchMessage, SizeCache
 from continuity.pop3.readahead import READ_AHEAD_BYTES, ReadAhead
@@ -62,8 +60,6 @@ AUTHORIZATION, TRANSACTION, UPDATE = "AUTHORIZATION", "TRANSACTION", "UPDATE"
 MIN_IDLE_TIMEOUT = 600
 #: While a command is being answered the client may only pipeline; beyond this it is closed.
 PIPELINE_LIMIT = 256 * 1024
-#: Message numbers are at most this many digits (more is never a message of ours).
-_NUMBER = re.compile(r"[0-9]{1,10}")
 
 RunBlocking = Callable[..., Awaitable[Any]]
 
@@ -87,14 +83,6 @@ _COMMANDS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
-class Refusal(Exception):
-    """A client error: answered ``-ERR text`` and counted towards ``max_errors``."""
-
-    def __init__(self, text: str):
-        super().__init__(text)
-        self.text = text
-
-
 class StockPathReached(RuntimeError):
     """A ``twisted.mail.pop3`` code path that this server replaces was called."""
 
@@ -102,46 +90,6 @@ class StockPathReached(RuntimeError):
 def new_session_id() -> str:
     """A short random id that ties a session's log lines together."""
     return secrets.token_hex(5)
-
-
-def decode_plain(response: bytes) -> tuple[str, str]:
-    """The (username, password) of a SASL PLAIN message ``authzid NUL authcid NUL passwd`` (RFC 4616 2).
-
-    An authorisation identity other than empty or the user's own is refused:
-    acting as another user is not offered.
-
-    :raises Refusal: for a malformed message (``[AUTH]``, as a failed login).
-    """
-    fields = response.split(b"\x00")
-    if len(fields) != 3 or not fields[1]:
-        raise Refusal(replies.AUTH_FAILED)
-    try:
-        authzid, authcid, password = (field.decode("utf-8") for field in fields)
-    except UnicodeDecodeError:
-        raise Refusal(replies.AUTH_FAILED) from None
-    if authzid and authzid != authcid:
-        raise Refusal(replies.AUTH_FAILED)
-    return authcid, password
-
-
-def decode_base64(text: str) -> bytes:
-    """A client's SASL response (RFC 5034 4): base64, ``=`` for an empty one."""
-    if text == "=":
-        return b""
-    try:
-        return base64.b64decode(text.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError, ValueError):
-        raise Refusal(replies.AUTH_BAD_BASE64) from None
-
-
-def parse_number(argument: str) -> int:
-    """A message number argument: digits only, at least 1 (RFC 1939 5).
-
-    :raises Refusal: for ``0``, signs, non-digits and absurdly long numbers.
-    """
-    if not _NUMBER.fullmatch(argument) or int(argument) < 1:
-        raise Refusal(replies.BAD_NUMBER.format(argument=replies.printable(argument, 40)))
-    return int(argument)
 
 
 class POP3Server(twisted_pop3.POP3):
@@ -528,9 +476,7 @@ class POP3Server(twisted_pop3.POP3):
         if len(parts) != 2:
             raise Refusal(replies.BAD_SYNTAX)
         message = self._message(parts[0])
-        if not _NUMBER.fullmatch(parts[1]):
-            raise Refusal(replies.BAD_LINES.format(argument=replies.printable(parts[1], 40)))
-        top_lines = int(parts[1])
+        top_lines = parse_line_count(parts[1])
         reply = self._ahead.top(message.number, top_lines)
         if reply is not None:
             return self._answer_from_memory(message, reply, retrieved=False)
