@@ -50,7 +50,7 @@ def load_folder(store: Any, address: Any, name: FolderName, claim: bool) -> tupl
     """The folder's snapshot; with ``claim``, its ``new/`` messages become this session's \\Recent."""
     snapshot = store.snapshot(address, name)
     claimed: tuple[int, ...] = ()
-    if claim and any(message.recent for message in snapshot.messages):
+    if claim and snapshot.has_recent:
         claimed = store.claim_recent(address, name)
         snapshot = store.snapshot(address, name)
     return snapshot, claimed

@@ -58,9 +58,12 @@ class FolderSnapshot:
     keywords: tuple[str, ...] = ()
     keywords_full: bool = False
     _by_uid: Mapping[int, MessageRef] = attrs.field(init=False, repr=False, eq=False)
+    #: Whether a message is still in ``new/``: known once, for every session that looks again.
+    has_recent: bool = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "_by_uid", {message.uid: message for message in self.messages})
+        object.__setattr__(self, "has_recent", any(message.recent for message in self.messages))
 
     @property
     def uids(self) -> tuple[int, ...]:

@@ -140,6 +140,16 @@ def test_claim_recent(store, alice) -> None:
     assert not first.recent and first.path.endswith(":2,") and first.flags == ""
 
 
+def test_snapshot_says_whether_a_message_is_recent(store, alice) -> None:
+    """A snapshot tells at once whether any message is still in new/ (IMAP claims them on SELECT)."""
+    store.deliver(alice, MESSAGE, flags="S")
+    assert not store.snapshot(alice).has_recent
+    store.deliver(alice, MESSAGE)
+    assert store.snapshot(alice).has_recent
+    store.claim_recent(alice, "INBOX")
+    assert not store.snapshot(alice).has_recent
+
+
 def test_status_counts(store, alice) -> None:
     """STATUS numbers: messages, recent, unseen, uidnext, size."""
     store.deliver(alice, b"12345")
