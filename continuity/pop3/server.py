@@ -529,13 +529,13 @@ class POP3Server(twisted_pop3.POP3):
         if self._gate.paused:  # a reply before filled the transport: let it drain first
             await self._gate.drained()
         self._ungate()  # the transfer is the transport's producer while it streams
-        if self._lost:
+        if self._lost or self._closing:
             await transfer.close()
             return
-        self._ok(replies.TOP_OK if top_lines is not None else replies.RETR_OK.format(size=message.size))
+        text = replies.TOP_OK if top_lines is not None else replies.RETR_OK.format(size=message.size)
         self._transfer = transfer
         try:
-            await transfer.send()
+            await transfer.send(f"+OK {text}\r\n".encode("utf-8"))
         except TransferFailed as failure:
             # The +OK is out: a -ERR now would be read as message text. Close instead.
             self.log.error("{session_id} reading message {number} failed mid-way: {error}",

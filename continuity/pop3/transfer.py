@@ -76,8 +76,10 @@ class MessageTransfer:
         """
         self._handle, self._first = await self._run(_open_and_read, opener, args)
 
-    async def send(self) -> None:
-        """Write the message and the terminating ``.<CRLF>``; the file is closed at the end.
+    async def send(self, head: bytes = b"") -> None:
+        """Write ``head`` (the ``+OK`` line), the message and the terminating ``.<CRLF>``; the file is closed at the end.
+
+        A message read in one chunk goes out in one write, head and terminator included.
 
         :raises TransferFailed: when reading fails mid-way (the client has a partial message).
         """
@@ -86,16 +88,20 @@ class MessageTransfer:
         try:
             chunk = self._first
             self._first = b""
+            pending = head  # written with the next octets
             while chunk and not self._stopped:
                 if self._cut is not None:
                     chunk = self._cut.cut(chunk)
                 if chunk:
-                    transport.write(self._encoder.encode(chunk))
-                if self._cut is not None and self._cut.done:
-                    break
+                    pending += self._encoder.encode(chunk)
+                if self._handle is None or (self._cut is not None and self._cut.done):
+                    break  # the last octets: written with the terminator
+                if pending:
+                    transport.write(pending)
+                    pending = b""
                 if self._paused is not None:
                     await self._paused
-                if self._stopped or self._handle is None:  # stopped, or the file was read to its end
+                if self._stopped:
                     break
                 try:
                     chunk, ended = await self._run(_read_chunk, self._handle)
@@ -104,7 +110,9 @@ class MessageTransfer:
                 if ended:
                     self._handle = None  # closed by _read_chunk
             if not self._stopped:
-                transport.write(self._encoder.finish())
+                transport.write(pending + self._encoder.finish())
+                if self._paused is not None:  # the client reads slowly: hold the next command until it caught up
+                    await self._paused
         finally:
             if not self._stopped:
                 transport.unregisterProducer()

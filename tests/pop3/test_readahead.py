@@ -339,6 +339,21 @@ def test_pipelined_retrs_wait_while_the_client_does_not_read(authenticator, deli
     assert client.take() == retr_reply(messages[3])
 
 
+def test_pipelined_retrs_from_disk_wait_while_the_client_does_not_read(authenticator, deliver):
+    """A message sent from disk in one write still holds the next command while the transport is full."""
+    messages = numbered(6, size=600)
+    deliver(*messages)
+    transport = FillingTransport()
+    client = session(authenticator, transport=transport)
+    transport.limit = 500
+    client.server.dataReceived(b"RETR 5\r\nRETR 2\r\n")  # out of order: both from disk
+    assert client.take() == retr_reply(messages[4])
+    transport.producer.resumeProducing()
+    assert client.take() == retr_reply(messages[1])
+    transport.producer.resumeProducing()
+    assert transport.producer is None and client.command("NOOP") == [b"+OK"]
+
+
 def test_streaming_after_answers_from_memory_takes_over_the_producer(authenticator, deliver):
     """A streamed RETR after answers from memory registers its own producer and unregisters it at the end."""
     messages = numbered(3)

@@ -116,6 +116,20 @@ def test_a_message_shorter_than_a_chunk_takes_one_trip_to_the_pool(monkeypatch):
     assert transport.value() == b"Subject: hi\r\n\r\n..dot\r\n.\r\n"
 
 
+def test_a_message_in_one_chunk_goes_out_in_one_write_with_its_head(monkeypatch):
+    """The +OK line, a message read in one chunk and the terminator are one write."""
+    monkeypatch.setattr(transfer_module, "CHUNK", 64)
+    writes = []
+    transport = StringTransport()
+    transport.write = writes.append
+    pool = ManualPool()
+    transfer = MessageTransfer(transport, pool)
+    defer.Deferred.fromCoroutine(transfer.open(lambda: io.BytesIO(b"Subject: hi\r\n\r\nbody\r\n")))
+    pool.step()
+    sent = defer.Deferred.fromCoroutine(transfer.send(b"+OK 19 octets\r\n"))
+    assert sent.called and writes == [b"+OK 19 octets\r\nSubject: hi\r\n\r\nbody\r\n.\r\n"]
+
+
 def test_the_last_chunk_closes_the_file_without_another_read(monkeypatch):
     """A message of exactly two chunks: two reads, then a short empty one closes it (no extra close trip)."""
     handle = io.BytesIO(b"01234567")
