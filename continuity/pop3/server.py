@@ -53,7 +53,8 @@ from continuity.pop3.arguments import Refusal, decode_base64, decode_plain, pars
 from continuity.pop3.lines import RUNAWAY, TOO_LONG, LineBuffer
 from continuity.pop3.maildrop import IMaildrop, Maildrop, MaildropInUse, MessageDeleted, NoSuchMessage, SizeCache
 from continuity.pop3.readahead import READ_AHEAD_BYTES, ReadAhead
-from continuity.pop3.transfer import MessageTransfer, TransferFailed, WriteGate, write_now
+from continuity.pop3.transfer import MessageTransfer, TransferFailed, WriteGate
+from continuity.transport import write_now
 
 AUTHORIZATION, TRANSACTION, UPDATE = "AUTHORIZATION", "TRANSACTION", "UPDATE"
 #: RFC 1939 3: the autologout timer is at least 10 minutes.

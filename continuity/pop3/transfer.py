@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, BinaryIO
 
-from twisted.internet import defer, tcp
+from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
@@ -176,27 +176,3 @@ class WriteGate:
     def stopProducing(self) -> None:
         """The connection is gone: release whoever waits (the server then sees it is lost)."""
         self.resumeProducing()
-
-
-def write_now(transport: Any, data: bytes) -> None:
-    """``transport.write(data)``, except that on a plain TCP connection with nothing unsent the octets go out now.
-
-    Twisted's ``write`` only buffers: the socket is registered for writing
-    and the octets are sent on the next turn of the reactor, which then
-    unregisters it (two ``epoll_ctl`` calls and one more event to dispatch).
-    For a small reply answered from memory that was a fifth of the cost of a
-    RETR. Here the octets are handed to the connection's own
-    ``writeSomeData`` when nothing is waiting before them; what the socket
-    does not take, or any error, goes through ``write`` as usual (so
-    back-pressure and connection loss work as ever). TLS connections and
-    other transports always take ``write``.
-    """
-    if (isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", True)
-            and transport.connected and not transport.disconnecting
-            and getattr(transport, "_tempDataLen", None) == 0 and transport.offset == len(transport.dataBuffer)):
-        sent = transport.writeSomeData(data)
-        if isinstance(sent, int):
-            if sent == len(data):
-                return
-            data = data[sent:]
-    transport.write(data)
