@@ -137,12 +137,15 @@ class Listener(Service):
 
 
 def _smtp_factory(components: "Components", name: str) -> IProtocolFactory:
+    from continuity.delivery.direct import DirectDelivery
     from continuity.smtp.inbound import InboundPolicy
     from continuity.smtp.server import SMTPServerFactory
 
     config = components.config
+    direct = DirectDelivery(components.reactor, components.sql, components.io.run, components.directory,
+                            components.mailstore)
     policy = InboundPolicy(config, components.sql, components.directory_cache, components.index, components.intake,
-                           components.reactor)
+                           components.reactor, direct)
     return SMTPServerFactory(policy, config.server.hostname, config.limits, tls_context=components.tls_context,
                              auth_enabled=False, require_tls_for_auth=config.tls.require_tls_for_auth,
                              clock=components.reactor)

@@ -28,6 +28,8 @@ from twisted.internet.interfaces import IReactorThreads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from continuity.locks import exclusive_lock
+
 T = TypeVar("T")
 
 # Each migration is a list of statements, applied in one transaction. Never edit
@@ -334,6 +336,14 @@ class SQLThread(Service):
             self._reactor.callFromThread(self._settle, outcomes)
 
     def _run_group(self, group: list) -> list[tuple[Deferred, bool, Any]]:
+        # The service process and its SMTP workers write the same file. SQLite's
+        # own wait for the write lock polls with sleeps of 1 ms and more, which
+        # stalled every job of the group behind it; a flock wakes the next
+        # writer the moment the last one commits.
+        with exclusive_lock(self.db.path + ".writer"):
+            return self._write_group(group)
+
+    def _write_group(self, group: list) -> list[tuple[Deferred, bool, Any]]:
         outcomes: list[tuple[Deferred, bool, Any]] = []
         try:
             conn = self.db.connection()

@@ -20,12 +20,13 @@ from zope.interface import implementer
 from continuity.config import Config
 from continuity.counters import ConnectionCounter
 from continuity.db import SQLThread
+from continuity.delivery.direct import DirectDelivery
 from continuity.directory.cache import DirectoryCache
 from continuity.envelope import Address, Envelope
 from continuity.smtp.codes import SMTPReply
 from continuity.smtp.server import ISMTPPolicy, Session
 from continuity.spool.index import QueueIndex
-from continuity.spool.intake import MessageIntake, received_header
+from continuity.spool.intake import HEADER_LIMIT, MessageIntake, message_id_of, received_header
 from continuity.spool.store import new_queue_id
 
 
@@ -64,8 +65,9 @@ class InboundPolicy:
     log = Logger()
 
     def __init__(self, config: Config, sql: SQLThread, directory: DirectoryCache, index: QueueIndex,
-                 intake: MessageIntake, clock):
+                 intake: MessageIntake, clock, direct: DirectDelivery | None = None):
         self._config = config
+        self._direct = direct
         self._sql = sql
         self._directory = directory
         self._index = index
@@ -129,14 +131,28 @@ class InboundPolicy:
         hosted = {d for d, ours in {**seen, **found}.items() if ours}
         direction, directions = directions_of(envelope.recipients, hosted)
         header = trace_header(session, queue_id, recipients, self._clock.seconds())
+        sender = str(envelope.sender) if envelope.sender else ""
+        if self._direct is not None and direction == "inbound" and await self._all_in_emergency(hosted):
+            # Straight into the continuity mailboxes, if the store agrees that is where all of it goes.
+            if await self._direct.deliver(queue_id=queue_id, sender=sender, recipients=recipients,
+                                          chunks=[header, data], client=session.peer_ip,
+                                          message_id=message_id_of(data[:HEADER_LIMIT])):
+                return queue_id
         await self._intake.accept(
-            sender=str(envelope.sender) if envelope.sender else "", recipients=recipients, chunks=[header, data],
+            sender=sender, recipients=recipients, chunks=[header, data],
             direction=direction, origin="smtp", client=session.peer_ip,
             auth_user=str(session.user) if session.user is not None else None, queue_id=queue_id,
             directions=directions,
         )
         # Logged by the server with its reply: "<session> from=<...> nrcpt=N size=N: 250 ... queued as <id>".
         return queue_id
+
+    async def _all_in_emergency(self, domains: set[str]) -> bool:
+        for name in domains:
+            domain = await self._directory.domain(name)
+            if domain is None or domain.mode != "emergency":
+                return False
+        return True
 
     def authenticate(self, session: Session, mechanism: str, username: str, password: str):
         return None

@@ -15,6 +15,7 @@ from twisted.internet.testing import StringTransport
 
 from support import DeliveryStack
 
+from continuity.delivery.direct import DirectDelivery
 from continuity.directory.cache import DirectoryCache
 from continuity.smtp.inbound import InboundPolicy
 from continuity.smtp.server import SMTPServerFactory
@@ -52,12 +53,14 @@ class Session:
         return self.send(f"RCPT TO:<{recipient}>\r\n".encode())[-1]
 
 
-def factory(stack: DeliveryStack, **config_changes) -> SMTPServerFactory:
+def factory(stack: DeliveryStack, direct: bool = False, **config_changes) -> SMTPServerFactory:
     config = stack.config
     if config_changes:
         config = attrs.evolve(config, **config_changes)
     cache = DirectoryCache(stack.clock, stack.sql, stack.directory)
-    policy = InboundPolicy(config, stack.sql, cache, stack.index, stack.intake, stack.clock)
+    policy = InboundPolicy(config, stack.sql, cache, stack.index, stack.intake, stack.clock,
+                           DirectDelivery(stack.clock, stack.sql, stack.io, stack.directory, stack.mailstore)
+                           if direct else None)
     return SMTPServerFactory(policy, HOST, config.limits, tls_context=None, auth_enabled=False,
                              require_tls_for_auth=True, clock=stack.clock)
 
@@ -119,6 +122,21 @@ def test_accepted_mail_is_spooled_with_our_received_field_before_250(stack):
     (stored,) = stack.inbox("bob@example.com")
     assert b"Delivered-To: robert@example.com\r\nReceived: from client.sender.example ([192.0.2.7])" in stored
     assert f"by {HOST} (continuity) with ESMTP id {queue_id}".encode() in stored
+
+
+def test_in_emergency_mail_for_mailboxes_skips_the_spool(stack):
+    """With direct delivery the 250 comes once the Maildir copy is written; no spool file, no queue rows."""
+    emergency(stack)
+    session = Session(factory(stack, direct=True))
+    session.rcpt("robert@example.com")
+    session.send(b"DATA\r\n")
+    reply = session.send(b"Subject: hi\r\nMessage-ID: <x@y>\r\n\r\nhello\r\n.\r\n")[-1]
+    queue_id = reply.rsplit(" ", 1)[1]
+    assert reply.startswith("250 2.0.0 Ok: queued as ") and stack.queue(queue_id) == []
+    (stored,) = stack.inbox("bob@example.com")
+    assert f"with ESMTP id {queue_id}".encode() in stored
+    assert stack.tracking("robert@example.com")[0]["status"] == "delayed"
+    assert list(stack.spool.queue_ids()) == []
 
 
 def test_connections_per_ip_beyond_the_limit_get_421(stack):

@@ -1,0 +1,72 @@
+"""Direct delivery in emergency mode: straight into the continuity mailboxes before the 250, without the spool."""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+
+from support import UPSTREAM, DeliveryStack, stack  # noqa: F401 (fixture)
+
+from continuity.delivery.direct import DirectDelivery
+from continuity.testing.upstream import OK
+
+MESSAGE = b"Subject: hello\r\nMessage-ID: <d1@sender.example>\r\n\r\nHi.\r\n"
+
+
+def deliver(stack: DeliveryStack, recipients: list[str], queue_id: str = "0660E9766B72C6F0B5B8") -> bool:
+    direct = DirectDelivery(stack.clock, stack.sql, stack.io, stack.directory, stack.mailstore)
+    results: list = []
+    Deferred.fromCoroutine(direct.deliver(
+        queue_id=queue_id, sender="alice@sender.example", recipients=recipients,
+        chunks=[b"Received: by us\r\n", MESSAGE], client="192.0.2.1", message_id="<d1@sender.example>",
+    )).addBoth(results.append)
+    assert results and isinstance(results[0], bool), results
+    return results[0]
+
+
+def emergency(stack: DeliveryStack, **settings) -> None:
+    stack.domain(activation="manual", **settings)
+    stack.directory.set_mode("example.com", "emergency", "continuityctl emergency start", automatic=False)
+
+
+def test_every_copy_goes_to_its_mailbox_with_tracking_and_no_spool(stack):
+    emergency(stack, users=["bob@example.com", "carol@example.com"])
+    stack.directory.add_alias("carol@example.com", "sales@example.com")
+    assert deliver(stack, ["bob@example.com", "sales@example.com"])
+    (bob,) = stack.inbox("bob@example.com")
+    assert bob == (b"Return-Path: <alice@sender.example>\r\nDelivered-To: bob@example.com\r\n"
+                   b"Received: by us\r\n" + MESSAGE)
+    (carol,) = stack.inbox("carol@example.com")
+    assert b"Delivered-To: sales@example.com\r\n" in carol
+    (row,) = stack.tracking("sales@example.com")
+    assert row["status"] == "delayed" and row["message_id"] == "<d1@sender.example>"
+    assert [e["status"] for e in row["events"]] == ["received", "delayed"]
+    assert list(stack.spool.queue_ids()) == [] and stack.index.known_queue_ids() == set()
+
+
+def test_nothing_is_written_unless_every_copy_goes_to_a_mailbox(stack):
+    """An uncovered user's copy is held for recovery by the spool path: the whole message takes it."""
+    emergency(stack, users=["bob@example.com", "carol@example.com"])
+    stack.directory.exclude("carol@example.com")
+    assert not deliver(stack, ["bob@example.com", "carol@example.com"])
+    assert not deliver(stack, ["bob@example.com", "nobody@elsewhere.example"])
+    assert stack.inbox("bob@example.com") == [] and stack.tracking("bob@example.com") == []
+
+
+def test_the_store_decides_not_the_caller(stack):
+    """In normal mode (say, recovery just finished) nothing is delivered to a mailbox."""
+    stack.domain()
+    assert not deliver(stack, ["bob@example.com"])
+    assert stack.inbox("bob@example.com") == []
+
+
+def test_recovery_redelivers_and_tracks_directly_delivered_mail(stack):
+    """The mailbox reference recovery works from is the same as the spool path's."""
+    emergency(stack)
+    assert deliver(stack, ["bob@example.com"])
+    stack.pool.default = OK
+    stack.directory.set_mode("example.com", "recovering", "continuityctl emergency stop", automatic=False)
+    stack.clock.advance(1)  # the monitor's poll starts the recovery
+    (redelivered,) = stack.pool.to(UPSTREAM)
+    assert redelivered.recipients == ("bob@example.com",) and redelivered.message.endswith(MESSAGE)
+    assert stack.inbox("bob@example.com") == []
+    assert stack.tracking("bob@example.com")[0]["status"] == "redelivered"
