@@ -201,28 +201,51 @@ def _factory_builders() -> dict[str, FactoryBuilder]:
             "http": _http_factory}
 
 
-def _delivery(components: Components, root: MultiService):
-    """Spool, queue runner, agents, failover monitor and recovery."""
+def _queue_runner(components: Components, spool, **options) -> tuple:
+    """The index, intake, connection pool and queue runner over ``spool``; new mail goes to the runner at once."""
     from continuity.delivery.agents import Agents
     from continuity.delivery.runner import QueueRunner
+    from continuity.smtp.client import hostname_endpoint_factory
+    from continuity.smtp.pool import ConnectionPool
+
+    config, reactor = components.config, components.reactor
+    index, intake = _intake(components, spool)
+    pool = ConnectionPool(clock=reactor, hostname=config.server.hostname,
+                          endpoint_factory=hostname_endpoint_factory(reactor), timeout=config.relay.timeout)
+    agents = Agents(config, pool, components.mailstore, components.io.run, components.directory, clock=reactor)
+    agents.intake = intake
+    runner = QueueRunner(reactor, config, components.sql, components.io.run, index, spool, components.directory,
+                         agents, **options)
+    intake.kick, intake.claim = runner.kick, runner.claim_new
+    return intake, pool, runner
+
+
+class _ClosePool(Service):
+    """Closes the connection pool once the runner (stopped before it) has no delivery left in flight."""
+
+    name = "connection-pool"
+
+    def __init__(self, pool):
+        self._pool = pool
+
+    def stopService(self):
+        super().stopService()
+        return Deferred.fromCoroutine(self._pool.close())
+
+
+def _delivery(components: Components, root: MultiService):
+    """Spool, queue runner, agents, failover monitor and recovery."""
     from continuity.failover.monitor import FailoverMonitor, probe_recipient
     from continuity.failover.recovery import Recovery, RecoveryJournal
     from continuity.smtp.client import hostname_endpoint_factory, probe
-    from continuity.smtp.pool import ConnectionPool
     from continuity.spool.store import MessageSpool
 
     config, reactor = components.config, components.reactor
     io, mailstore = components.io, components.mailstore
     spool = MessageSpool(config.spool_root)
     spool.prepare()
-    index, intake = _intake(components, spool)
+    intake, pool, runner = _queue_runner(components, spool)
     endpoints_for = hostname_endpoint_factory(reactor)
-    pool = ConnectionPool(clock=reactor, hostname=config.server.hostname, endpoint_factory=endpoints_for,
-                          timeout=config.relay.timeout)
-    agents = Agents(config, pool, mailstore, io.run, components.directory, clock=reactor)
-    agents.intake = intake
-    runner = QueueRunner(reactor, config, components.sql, io.run, index, spool, components.directory, agents)
-    intake.kick, intake.claim = runner.kick, runner.claim_new
     recovery = Recovery(components.sql, io.run, components.directory,
                         RecoveryJournal(components.db, reactor.seconds), mailstore, pool, components.sent_copies)
 
@@ -249,16 +272,13 @@ def _delivery(components: Components, root: MultiService):
             d.addErrback(lambda f: log.failure("spool recovery failed", f))
             d.addBoth(lambda _: runner.kick())
 
-        def stopService(self):
-            super().stopService()
-            return Deferred.fromCoroutine(pool.close())
-
     # Stopped in the reverse order (ServiceStack): the monitor, then the runner's
     # deliveries in flight, then the pool they use.
+    _ClosePool(pool).setServiceParent(root)
     _Startup().setServiceParent(root)
     runner.setServiceParent(root)
     monitor.setServiceParent(root)
-    return runner
+    return monitor
 
 
 def _intake(components: Components, spool) -> tuple:
@@ -341,32 +361,20 @@ class AdoptedListener(Service):
 
 
 def build_smtp_worker(config: Config, reactor, adopted: dict[str, int],
-                      hand_over: Callable[..., None]) -> tuple[MultiService, Components]:
+                      failover) -> tuple[MultiService, Components]:
     """An SMTP worker process (:mod:`continuity.workers`): the listeners in ``adopted`` (name -> fd) with their
-    policies, spool and index. A message whose every copy goes to a continuity mailbox is delivered here
-    (claimed in the transaction that indexes it); ``hand_over`` gives the service process every other one."""
-    from continuity.delivery.agents import Agents
-    from continuity.delivery.router import Route
-    from continuity.delivery.runner import QueueRunner
+    policies, spool and index, and a queue runner that delivers what they accept (claimed in the transaction
+    that indexes it). It runs no queue passes: retries are the service process's. ``failover`` stands in for
+    the service's failover monitor (an upstream's temporary failure is reported to it)."""
     from continuity.spool.store import MessageSpool
 
     root = ServiceStack()
     components = _components(config, reactor, root)
     spool = MessageSpool(config.spool_root)  # the service process prepared it
-    index, intake = _intake(components, spool)
-    agents = Agents(config, None, components.mailstore, components.io.run, components.directory, clock=reactor)
-    agents.intake = intake
-    runner = QueueRunner(reactor, config, components.sql, components.io.run, index, spool, components.directory,
-                         agents, passes=False, routes=frozenset({Route.MAILBOX}))
+    intake, pool, runner = _queue_runner(components, spool, passes=False)
+    runner.failover = failover
+    _ClosePool(pool).setServiceParent(root)
     runner.setServiceParent(root)
-
-    def kick(queue_id: str, message: tuple[str, bytes] | None = None, claimed: list | None = None) -> None:
-        if claimed:
-            runner.kick(queue_id, message, claimed)
-        else:
-            hand_over(queue_id, message)
-
-    intake.kick, intake.claim = kick, runner.claim_new
     for name, fileno in adopted.items():
         AdoptedListener(name, fileno, protocol_factory(components, name), reactor).setServiceParent(root)
     return root, components
@@ -376,7 +384,7 @@ def build_service(config: Config, reactor) -> MultiService:
     """The whole service for ``config`` on ``reactor``."""
     root = ServiceStack()
     components = _components(config, reactor, root)
-    runner = _delivery(components, root)
+    monitor = _delivery(components, root)
     listeners: dict[str, Listener] = {}
     for name in LISTENERS:
         description = config.listen[name]
@@ -395,7 +403,7 @@ def build_service(config: Config, reactor) -> MultiService:
 
         # Added after the listeners: started once they listen, stopped before them.
         workers = SMTPWorkers(reactor, config.path, config.server.smtp_workers,
-                              {"smtp": lambda: listeners["smtp"].port.fileno()}, runner.kick)
+                              {"smtp": lambda: listeners["smtp"].port.fileno()}, monitor.upstream_failed)
         workers.setServiceParent(root)
         components.directory_changed.append(workers.directory_changed)
     log.info("continuity starting as {hostname}, data in {data_dir}",

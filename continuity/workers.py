@@ -5,31 +5,31 @@ dialogue, the spool write, its index rows) and delivering it (the queue
 runner, the SMTP client) then share that core, and reaching Postfix's rate on
 a 2-core machine needs both. So the service process starts ``smtp_workers``
 child processes that accept on the same listening socket as itself (the
-kernel gives each connection to whichever process accepts first) and run the
-same MX policy, spool and index over the same ``data_dir``. A message whose
-every copy goes to a continuity mailbox (a domain in emergency mode) is
-delivered by the worker itself, claimed in the transaction that indexes it;
-every other one is handed to the service process. Everything else - queue
-passes and retries, relaying, failover, recovery, IMAP, POP3, submission -
-stays in the service process.
+kernel gives each connection to whichever process accepts first), run the
+same MX policy, spool and index over the same ``data_dir``, and deliver what
+they accept with a queue runner of their own (the new recipients are claimed
+in the transaction that indexes them, so no other runner takes them). Queue
+passes and retries, failover, recovery, IMAP, POP3 and submission stay in the
+service process; a worker's runner runs no passes.
 
-The parent and a worker talk over pipes:
+The parent and a worker talk in lines over pipes:
 
-- worker fd 3 -> parent: one frame per accepted message (a 4-byte length, then
-  ``queue id NUL sender NUL message``; the message is empty when it is over
-  :data:`~continuity.spool.intake.HANDOFF_LIMIT` and the runner reads the
-  spool file). The parent kicks its queue runner, so delivery starts at once,
-  as for a message it accepted itself. A lost frame costs only time: the
-  runner's pass finds every due message in the index within a second.
-- parent -> worker stdin: ``clear`` lines when a mode switch of ours landed
-  (the worker's directory cache must not answer with the old mode); EOF when
-  the parent is gone, and the worker stops.
+- worker fd 3 -> parent: ``failed DOMAIN REASON`` when an upstream's temporary
+  failure should switch an auto-activation domain to emergency. The parent's
+  failover monitor switches it, as for a failure of its own deliveries.
+- parent -> worker stdin: ``stored DOMAIN`` once that mode is in the store (the
+  worker then routes the message again, now to the continuity mailboxes);
+  ``clear`` when a mode switch of ours landed (the worker's directory cache
+  must not answer with the old mode); EOF when the parent is gone, and the
+  worker stops.
 - worker stdout and stderr: log lines, logged again by the parent.
 
 A worker also gets SIGTERM when the parent dies (``PR_SET_PDEATHSIG``), so a
 killed service never leaves a worker holding its port. The parent restarts a
 worker that exits while the service runs, and stops them all (SIGTERM, then
-SIGKILL after :attr:`SMTPWorkers.stop_timeout`) before its own listeners.
+SIGKILL after :attr:`SMTPWorkers.stop_timeout`) before its own listeners. Mail a
+worker claimed and could not deliver before it ended is retried by the
+service's queue passes after the first retry interval.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ import argparse
 import ctypes
 import os
 import signal
-import struct
 import sys
 from collections.abc import Callable
 
@@ -50,39 +49,32 @@ from twisted.python.failure import Failure
 
 log = Logger()
 
-_LENGTH = struct.Struct("!I")
-#: The longest frame a parent accepts (the hand-off limit plus envelope room).
-MAX_FRAME = 1024 * 1024 + 8192
-MESSAGES_FD = 3
+REPORTS_FD = 3
 FIRST_LISTEN_FD = 4
+#: The longest line either side reads from the other (longer ones are dropped).
+MAX_LINE = 8192
 
 
-def frame(queue_id: str, sender: str, message: bytes) -> bytes:
-    payload = b"%s\0%s\0%s" % (queue_id.encode("ascii"), sender.encode("utf-8", "surrogateescape"), message)
-    return _LENGTH.pack(len(payload)) + payload
+class Lines:
+    """Splits a byte stream into lines (without the newline); an overlong line is dropped."""
 
-
-class FrameReader:
-    """Splits a byte stream into the payloads of :func:`frame`."""
-
-    def __init__(self, received: Callable[[str, str, bytes], None]):
+    def __init__(self, received: Callable[[str], None]):
         self._received = received
         self._buffer = b""
+        self._dropping = False  # within an overlong line, up to its newline
 
     def feed(self, data: bytes) -> None:
-        buffer = self._buffer + data
-        offset = 0
-        while len(buffer) - offset >= _LENGTH.size:
-            (length,) = _LENGTH.unpack_from(buffer, offset)
-            if length > MAX_FRAME:
-                raise ValueError(f"frame of {length} bytes from an SMTP worker")
-            end = offset + _LENGTH.size + length
-            if end > len(buffer):
-                break
-            queue_id, sender, message = buffer[offset + _LENGTH.size:end].split(b"\0", 2)
-            offset = end
-            self._received(queue_id.decode("ascii"), sender.decode("utf-8", "surrogateescape"), message)
-        self._buffer = buffer[offset:]
+        *lines, self._buffer = (self._buffer + data).split(b"\n")
+        for line in lines:
+            if not self._dropping and len(line) <= MAX_LINE:
+                self._received(line.decode("utf-8", "replace"))
+            self._dropping = False
+        if len(self._buffer) > MAX_LINE:
+            self._buffer, self._dropping = b"", True
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 # -- the parent side ----------------------------------------------------------
@@ -93,24 +85,30 @@ class _Worker(protocol.ProcessProtocol):
         self.pool = pool
         self.number = number
         self.ended: Deferred[None] = Deferred()
-        self._frames = FrameReader(self._accepted)
-        self._lines = {1: b"", 2: b""}
+        self._reports = Lines(self._report)
+        self._logs = {1: Lines(self._log), 2: Lines(self._log)}
 
     def childDataReceived(self, fd: int, data: bytes) -> None:
-        if fd == MESSAGES_FD:
-            try:
-                self._frames.feed(data)
-            except ValueError as exc:
-                log.error("smtp worker {number}: {error}; restarting it", number=self.number, error=exc)
-                self.transport.signalProcess("KILL")
-            return
-        lines = (self._lines.get(fd, b"") + data).split(b"\n")
-        self._lines[fd] = lines.pop()
-        for line in lines:
-            log.info("smtp worker {number}: {line}", number=self.number, line=line.decode("utf-8", "replace"))
+        if fd == REPORTS_FD:
+            self._reports.feed(data)
+        elif fd in self._logs:
+            self._logs[fd].feed(data)
 
-    def _accepted(self, queue_id: str, sender: str, message: bytes) -> None:
-        self.pool.kick(queue_id, (sender, message) if message else None)
+    def _log(self, line: str) -> None:
+        log.info("smtp worker {number}: {line}", number=self.number, line=line)
+
+    def _report(self, line: str) -> None:
+        kind, _, rest = line.partition(" ")
+        domain, _, reason = rest.partition(" ")
+        if kind == "failed" and domain:
+            self.pool.upstream_failed(domain, f"{reason} (smtp worker {self.number})").addBoth(
+                lambda _: self.tell(f"stored {domain}"))
+        else:
+            log.warn("smtp worker {number} sent an unknown report: {line}", number=self.number, line=line)
+
+    def tell(self, line: str) -> None:
+        if self.transport is not None and self.pool.running:
+            self.transport.write(line.encode("utf-8") + b"\n")
 
     def processEnded(self, reason: Failure) -> None:
         self.pool.ended(self, reason)
@@ -125,12 +123,12 @@ class SMTPWorkers(Service):
     restart_delay = 1.0
 
     def __init__(self, reactor, config_path: str, count: int, listening: dict[str, Callable[[], int]],
-                 kick: Callable[[str, tuple[str, bytes] | None], None]):
+                 upstream_failed: Callable[[str, str], Deferred]):
         self._reactor = reactor
         self._config_path = os.path.abspath(config_path)
         self._count = count
         self._listening = listening
-        self.kick = kick
+        self.upstream_failed = upstream_failed
         self._workers: dict[int, _Worker] = {}
 
     def startService(self) -> None:
@@ -142,7 +140,7 @@ class SMTPWorkers(Service):
         if not self.running:
             return
         worker = _Worker(self, number)
-        child_fds: dict[int, str | int] = {0: "w", 1: "r", 2: "r", MESSAGES_FD: "r"}
+        child_fds: dict[int, str | int] = {0: "w", 1: "r", 2: "r", REPORTS_FD: "r"}
         argv = [sys.executable, "-m", "continuity.workers", "--config", self._config_path,
                 "--parent", str(os.getpid())]
         for offset, (name, fileno) in enumerate(sorted(self._listening.items())):
@@ -164,7 +162,7 @@ class SMTPWorkers(Service):
     def directory_changed(self) -> None:
         """Our own mode switch landed: the workers' cached directory answers are stale."""
         for worker in self._workers.values():
-            worker.transport.write(b"clear\n")
+            worker.tell("clear")
 
     def stopService(self):
         super().stopService()
@@ -191,21 +189,40 @@ class SMTPWorkers(Service):
 
 
 class _Parent(protocol.Protocol):
-    """The worker's end of the pipes: frames out on fd 3, commands in on stdin."""
+    """The worker's end of the pipes (reports out on fd 3, lines in on stdin), and its runner's failover.
 
-    def __init__(self, reactor, cleared: Callable[[], None]):
+    A temporary failure of an auto-activation domain's upstream is reported to
+    the service process, whose monitor switches the mode; :meth:`upstream_failed`
+    fires when it says the mode is stored (or after :attr:`wait` seconds), and the
+    runner then routes the message again, as in the service process.
+    """
+
+    wait = 10.0
+
+    def __init__(self, reactor):
         self._reactor = reactor
-        self._cleared = cleared
-        self._buffer = b""
+        self.cleared: Callable[[], None] = lambda: None
+        self._lines = Lines(self._line)
+        self._waiting: dict[str, list[Deferred[None]]] = {}
 
-    def kick(self, queue_id: str, message: tuple[str, bytes] | None, claimed=None) -> None:
-        sender, data = message if message is not None else ("", b"")
-        self.transport.write(frame(queue_id, sender, data))
+    def upstream_failed(self, name: str, reason: str) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self._waiting.setdefault(name, []).append(d)
+        d.addTimeout(self.wait, self._reactor, onTimeoutCancel=lambda result, timeout: None)
+        self.transport.write(f"failed {name} {one_line(reason)}\n".encode("utf-8"))
+        return d
 
     def dataReceived(self, data: bytes) -> None:
-        *lines, self._buffer = (self._buffer + data).split(b"\n")
-        if b"clear" in lines:
-            self._cleared()
+        self._lines.feed(data)
+
+    def _line(self, line: str) -> None:
+        kind, _, domain = line.partition(" ")
+        if kind == "clear":
+            self.cleared()
+        elif kind == "stored":
+            for d in self._waiting.pop(domain, []):
+                if not d.called:
+                    d.callback(None)
 
     def connectionLost(self, reason: Failure = None) -> None:
         # The parent closed our stdin: it is stopping, or gone.
@@ -247,9 +264,10 @@ def main(argv: list[str] | None = None) -> None:
     from continuity.config import load_config
 
     adopted = {name: int(fd) for name, _, fd in (item.partition("=") for item in args.listen)}
-    parent = _Parent(reactor, lambda: components.directory_cache.clear())
-    root, components = build_smtp_worker(load_config(args.config), reactor, adopted, parent.kick)
-    stdio.StandardIO(parent, stdin=0, stdout=MESSAGES_FD, reactor=reactor)
+    parent = _Parent(reactor)
+    root, components = build_smtp_worker(load_config(args.config), reactor, adopted, parent)
+    parent.cleared = components.directory_cache.clear
+    stdio.StandardIO(parent, stdin=0, stdout=REPORTS_FD, reactor=reactor)
     reactor.callWhenRunning(root.startService)
     reactor.addSystemEventTrigger("before", "shutdown", root.stopService)
     reactor.run()

@@ -1,39 +1,95 @@
-"""The pipe between the service process and its SMTP workers: frames of accepted messages."""
+"""The pipes between the service process and its SMTP workers: lines, failover reports and their answers."""
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 
-from continuity.workers import MAX_FRAME, FrameReader, frame
+from continuity.workers import MAX_LINE, Lines, SMTPWorkers, _Parent, _Worker
 
 
-def read_all(chunks: list[bytes]) -> list[tuple[str, str, bytes]]:
-    got: list[tuple[str, str, bytes]] = []
-    reader = FrameReader(lambda *parts: got.append(parts))
+def read_all(chunks: list[bytes]) -> list[str]:
+    got: list[str] = []
+    reader = Lines(got.append)
     for chunk in chunks:
         reader.feed(chunk)
     return got
 
 
-MESSAGES = [("0660E93981A08E35CBDA", "alice@sender.example", b"Subject: x\r\n\r\nwith \0 a NUL\r\n"),
-            ("0660E93981A5EB8A18CC", "", b""),  # the null sender; too large to hand over: read from the spool
-            ("0660E93981ABE0316E63", "j\u00f6rg@b\u00fccher.example", b"x" * 70000)]
-
-
-@given(st.lists(st.integers(min_value=1, max_value=200), min_size=1, max_size=50))
-def test_frames_survive_any_split_of_the_stream(cuts):
-    stream = b"".join(frame(*message) for message in MESSAGES)
+@given(st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=20))
+def test_lines_survive_any_split_of_the_stream(cuts):
+    stream = "failed example.com 451 4.3.0 try later\nclear\nstored example.com\nstored b\u00fccher.example\n"
+    data = stream.encode("utf-8")
     chunks, offset = [], 0
     for cut in cuts:
-        chunks.append(stream[offset:offset + cut])
+        chunks.append(data[offset:offset + cut])
         offset += cut
-    chunks.append(stream[offset:])
-    assert read_all(chunks) == MESSAGES
+    chunks.append(data[offset:])
+    assert read_all(chunks) == stream.splitlines()
 
 
-def test_an_oversized_frame_is_refused():
-    """A broken worker cannot make the service buffer without limit."""
-    with pytest.raises(ValueError, match="frame of"):
-        read_all([(MAX_FRAME + 1).to_bytes(4, "big")])
+def test_an_overlong_line_is_dropped_not_buffered():
+    """A broken peer cannot make the other side buffer without limit."""
+    assert read_all([b"x" * (MAX_LINE + 10), b"x" * 10, b"\nclear\n"]) == ["clear"]
+
+
+class ServiceSide:
+    """A stand-in for the service's failover monitor and the SMTP workers service around one worker."""
+
+    def __init__(self):
+        self.failures: list[tuple[str, str]] = []
+        self.stored: Deferred[None] = Deferred()
+        self.workers = SMTPWorkers(Clock(), "/etc/continuity.toml", 1, {}, self.upstream_failed)
+        self.workers.running = True
+        self.worker = _Worker(self.workers, 1)
+        self.worker.transport = StringTransport()
+
+    def upstream_failed(self, domain: str, reason: str) -> Deferred[None]:
+        self.failures.append((domain, reason))
+        return self.stored
+
+
+def test_the_service_switches_the_domain_and_tells_the_worker_when_it_is_stored():
+    service = ServiceSide()
+    service.worker.childDataReceived(3, b"failed example.com 421 4.4.2 timeout after 30s\n")
+    assert service.failures == [("example.com", "421 4.4.2 timeout after 30s (smtp worker 1)")]
+    assert service.worker.transport.value() == b""
+    service.stored.callback(None)
+    assert service.worker.transport.value() == b"stored example.com\n"
+
+
+def test_the_worker_waits_for_the_stored_mode_before_routing_again():
+    clock = Clock()
+    parent = _Parent(clock)
+    parent.makeConnection(StringTransport())
+    fired: list = []
+    parent.upstream_failed("example.com", "451 4.3.0\r\n  try later").addCallback(fired.append)
+    assert parent.transport.value() == b"failed example.com 451 4.3.0 try later\n"
+    parent.dataReceived(b"stored other.example\n")
+    assert fired == []
+    parent.dataReceived(b"stored example.com\n")
+    assert fired == [None]
+
+
+def test_the_worker_routes_again_after_a_while_without_an_answer():
+    """A service that never answers (stopping, say) must not hold a delivery for ever."""
+    clock = Clock()
+    parent = _Parent(clock)
+    parent.makeConnection(StringTransport())
+    fired: list = []
+    parent.upstream_failed("example.com", "451").addCallback(fired.append)
+    clock.advance(_Parent.wait)
+    assert fired == [None]
+    parent.dataReceived(b"stored example.com\n")  # too late: nothing fires twice
+    assert fired == [None]
+
+
+def test_clear_drops_the_worker_s_cached_directory_answers():
+    parent = _Parent(Clock())
+    cleared: list = []
+    parent.cleared = lambda: cleared.append(True)
+    parent.dataReceived(b"clear\n")
+    assert cleared == [True]

@@ -26,7 +26,7 @@ from continuity.config import Config
 from continuity.db import SQLThread
 from continuity.delivery.agents import Agents, Outcome
 from continuity.delivery.router import Decision, Route, route
-from continuity.directory.store import Directory, Domain
+from continuity.directory.store import Directory, Domain, fails_over_automatically
 from continuity.spool.index import QueueEntry, QueueIndex
 from continuity.spool.store import MessageSpool
 
@@ -42,12 +42,10 @@ class QueueRunner(Service):
 
     def __init__(self, reactor: IReactorTime, config: Config, sql: SQLThread, io, index: QueueIndex,
                  spool: MessageSpool, directory: Directory, agents: Agents, failover=None,
-                 concurrency: int = 32, passes: bool = True, routes: frozenset[Route] | None = None):
+                 concurrency: int = 32, passes: bool = True):
         """
         :param passes: run the periodic queue passes (retries, held mail); an SMTP worker's runner runs
             none and delivers only what it claimed itself (:meth:`claim_new`).
-        :param routes: the only routes this runner takes a new message on (``claim_new`` claims
-            nothing otherwise); None for all.
         """
         self._reactor = reactor
         self._config = config
@@ -59,7 +57,6 @@ class QueueRunner(Service):
         self._agents = agents
         self.failover = failover
         self._passes = passes
-        self._routes = routes
         self._semaphore = DeferredSemaphore(concurrency)
         self._in_flight: set[str] = set()
         self._deliveries: set[Deferred] = set()
@@ -168,17 +165,14 @@ class QueueRunner(Service):
         return intervals[min(attempts, len(intervals) - 1)]
 
     def claim_new(self, entries: Sequence[QueueEntry]) -> list[tuple[QueueEntry, Decision, Domain | None]] | None:
-        """On the SQL thread, in the transaction that indexes a new message: route and claim its recipients.
+        """On the SQL thread, in the transaction that indexes a new message: claim its recipients and route them.
 
-        None (nothing claimed) when stopped, or when a copy would take a route this runner does not.
+        None (nothing claimed) when stopped: the message waits for a queue pass.
         """
         if not self.running:
-            return None  # left queued for the next start
-        decisions = self._lookups(entries)
-        if self._routes is not None and any(decision.route not in self._routes for _, decision, _ in decisions):
             return None
         self._claim(entries, self._reactor.seconds())
-        return decisions
+        return self._lookups(entries)
 
     def _claim(self, due: Sequence[QueueEntry], now: float) -> None:
         """On the SQL thread: count the attempt, moving the next one forward first (a crash retries then)."""
@@ -315,7 +309,7 @@ class QueueRunner(Service):
                            entries: list[QueueEntry], rerouted: bool) -> None:
         outcomes = await self._agents.upstream(domain, sender, entries, message)
         temporary = [o for o in outcomes if o.kind == "temporary"]
-        if temporary and not rerouted and self.failover is not None and self.failover.can_fail_over(domain):
+        if temporary and not rerouted and self.failover is not None and fails_over_automatically(domain):
             # Wait until the store says emergency: routing again must see the new mode.
             await self.failover.upstream_failed(domain.name, temporary[0].detail)
             await self._settle(queue_id, sender, message, [o for o in outcomes if o.kind != "temporary"],

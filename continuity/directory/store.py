@@ -113,6 +113,11 @@ def is_covered(user: User, domain: Domain) -> bool:
     return user.inclusion == "included"
 
 
+def fails_over_automatically(domain: Domain) -> bool:
+    """Whether an upstream's temporary failure switches ``domain`` to emergency (auto activation, continuity on)."""
+    return domain.activation == "auto" and domain.continuity
+
+
 def _domain(row: sqlite3.Row) -> Domain:
     return Domain(
         name=row["name"],

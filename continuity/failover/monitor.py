@@ -145,10 +145,6 @@ class FailoverMonitor(Service):
         machine = self.machines.get(domain)
         return machine is not None and machine.mode == "recovering"
 
-    def can_fail_over(self, domain: Domain) -> bool:
-        """Whether a temporary failure switches ``domain`` to emergency (auto activation, continuity on)."""
-        return domain.activation == "auto" and domain.continuity
-
     def upstream_failed(self, name: str, reason: str) -> Deferred[None]:
         """A delivery met a temporary failure; fires once the resulting mode is in the store.
 

@@ -307,32 +307,25 @@ def test_stop_waits_for_deliveries_in_flight_and_starts_no_more(tmp_path):
     stack.stop()
 
 
-def test_a_worker_runner_claims_only_mailbox_messages_and_runs_no_passes(stack):
-    """An SMTP worker's runner (routes={MAILBOX}, no passes) delivers what goes to continuity mailboxes and
-    leaves every other message unclaimed for the service process."""
-    from continuity.delivery.router import Route
+def test_a_runner_without_passes_delivers_what_it_claims_and_leaves_the_rest(stack):
+    """An SMTP worker's runner (no passes) delivers the mail it accepted; retries are the service's passes'."""
     from continuity.delivery.runner import QueueRunner
 
-    stack.domain()
+    stack.domain(activation="manual")
     worker = QueueRunner(stack.clock, stack.config, stack.sql, stack.io, stack.index, stack.spool, stack.directory,
-                         stack.agents, passes=False, routes=frozenset({Route.MAILBOX}))
+                         stack.agents, passes=False)
     worker.startService()
-    handed: list[str] = []
-    stack.intake.claim = worker.claim_new
-    stack.intake.kick = lambda queue_id, message, claimed: (
-        worker.kick(queue_id, message, claimed) if claimed else handed.append(queue_id))
-    relayed = stack.accept(["bob@example.com"])  # normal mode: the upstream's, not the worker's
-    assert handed == [relayed]
-    assert [(e.state, e.attempts) for e in stack.queue(relayed)] == [("queued", 0)]
-    stack.directory.set_mode("example.com", "emergency", "continuityctl", automatic=False)
-    kept = stack.accept(["bob@example.com"])
-    assert handed == [relayed]
-    assert [e.state for e in stack.queue(kept)] == ["done"] and len(stack.inbox("bob@example.com")) == 1
-    assert not stack.spool.exists(kept)
     stack.runner.stopService()
-    stack.clock.advance(120)  # no queue passes in a worker: the handed-over message waits for the service's
-    assert [e.state for e in stack.queue(relayed)] == ["queued"] and stack.pool.to(UPSTREAM) == []
+    stack.intake.kick, stack.intake.claim = worker.kick, worker.claim_new
+    delivered = stack.accept(["bob@example.com"])
+    assert [e.state for e in stack.queue(delivered)] == ["done"] and len(stack.pool.to(UPSTREAM)) == 1
+    stack.pool.default = SOFT
+    deferred = stack.accept(["bob@example.com"])
+    assert [(e.state, e.attempts) for e in stack.queue(deferred)] == [("deferred", 1)]
+    stack.pool.default = OK
+    stack.clock.advance(120)  # past the retry interval: no pass of the worker's retries it
+    assert [e.state for e in stack.queue(deferred)] == ["deferred"] and len(stack.pool.to(UPSTREAM)) == 2
     stack.runner.startService()
     stack.clock.advance(0)
-    assert [e.state for e in stack.queue(relayed)] == ["done"] and len(stack.inbox("bob@example.com")) == 2
+    assert [e.state for e in stack.queue(deferred)] == ["done"] and len(stack.pool.to(UPSTREAM)) == 3
     worker.stopService()

@@ -1,5 +1,6 @@
 """SMTP worker processes (``[server] smtp_workers``) with the real ``twistd``: they accept on the service's
-port, their mail is delivered by the service, a killed one is started again, and none outlives the service."""
+port and deliver what they accept, their failovers are switched by the service, a killed one is started
+again, and none outlives the service."""
 
 from __future__ import annotations
 
@@ -54,25 +55,49 @@ def mx(tmp_path, smtp_sink):
         mx.stop()
 
 
-def send_while_the_service_process_is_stopped(mx, count: int) -> None:
-    """With the service process frozen (SIGSTOP), only a worker can answer: each message gets its 250 there."""
-    os.kill(mx.pid, signal.SIGSTOP)
-    try:
-        for number in range(count):
-            mx.send(["bob@example.com"], MESSAGE.replace(b"<m1@", f"<w{number}@".encode()))
-    finally:
-        os.kill(mx.pid, signal.SIGCONT)
+class service_process_stopped:
+    """With the service process frozen (SIGSTOP) only a worker can answer, and only a worker can deliver."""
+
+    def __init__(self, mx):
+        self.pid = mx.pid
+
+    def __enter__(self):
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def __exit__(self, *exc):
+        os.kill(self.pid, signal.SIGCONT)
 
 
-def test_a_worker_accepts_while_the_service_process_is_busy_and_the_service_delivers(mx):
-    (worker,) = workers_of(mx.pid)
-    send_while_the_service_process_is_stopped(mx, 3)
-    messages = mx.upstream.messages(3, timeout=20)
+def send_numbered(mx, count: int) -> None:
+    for number in range(count):
+        mx.send(["bob@example.com"], MESSAGE.replace(b"<m1@", f"<w{number}@".encode()))
+
+
+def test_a_worker_accepts_and_relays_by_itself(mx):
+    with service_process_stopped(mx):
+        send_numbered(mx, 3)
+        messages = mx.upstream.messages(3, timeout=20)
     assert sorted(m.recipients for m in messages) == [("bob@example.com",)] * 3
-    assert len([line for line in mx.service.log().splitlines()
-                if "smtp worker 1:" in line and "250 2.0.0 Ok: queued as" in line]) >= 3
+    wait_until(lambda: len([line for line in mx.service.log().splitlines()
+                            if "smtp worker 1:" in line and "relayed for bob@example.com" in line]) == 3,
+               what="the worker's log lines in the service's log")
     statuses = [row["status"] for row in mx.cli.json("track", "--recipient", "bob@example.com")]
     assert statuses == ["relayed"] * 3
+
+
+def test_a_worker_s_failover_is_switched_by_the_service_and_delivered_by_the_worker(mx, smtp_sink):
+    """An upstream's 4xx met by a worker: the service switches the domain, the worker delivers to the mailbox."""
+    failing = smtp_sink("-r", "RCPT")
+    assert mx.cli("domain", "set", "example.com", "--upstream", failing.address).returncode == 0
+    time.sleep(2.5)  # both processes see the new upstream (the service polls every second, the cache lives 1 s)
+    with service_process_stopped(mx):
+        mx.send(["bob@example.com"])  # only the worker can take it; its delivery waits for the service
+    files = wait_until(lambda: mx.inbox("bob@example.com"), timeout=15, what="the continuity delivery")
+    assert b"Hi Bob." in files[0].read_bytes()
+    assert mx.cli.json("domain", "show", "example.com")["mode"] == "emergency"
+    assert "(smtp worker 1)" in mx.service.log()
+    (row,) = mx.cli.json("track", "--recipient", "bob@example.com")
+    assert row["status"] == "delayed"
 
 
 def test_a_killed_worker_is_started_again(mx):
@@ -82,8 +107,9 @@ def test_a_killed_worker_is_started_again(mx):
                           what="a new SMTP worker")
     assert "smtp worker 1 ended" in mx.service.log()
     time.sleep(1)  # the new worker adopts the port as it starts
-    send_while_the_service_process_is_stopped(mx, 1)
-    assert len(mx.upstream.messages(1, timeout=20)) == 1
+    with service_process_stopped(mx):
+        send_numbered(mx, 1)
+        assert len(mx.upstream.messages(1, timeout=20)) == 1
 
 
 def test_the_workers_end_with_a_killed_service_and_a_restart_gets_the_port(mx):
@@ -119,12 +145,9 @@ def test_in_emergency_a_worker_delivers_to_the_mailbox_itself(mx):
     assert mx.cli("domain", "set", "example.com", "--activation", "manual").returncode == 0  # no probe ends it
     assert mx.cli("emergency", "start", "example.com").returncode == 0
     time.sleep(2.5)  # the worker's directory answers are at most a second old; the service's poll is 1 s
-    os.kill(mx.pid, signal.SIGSTOP)
-    try:
+    with service_process_stopped(mx):
         mx.send(["bob@example.com"])
         files = wait_until(lambda: mx.inbox("bob@example.com"), timeout=10, what="the worker's Maildir delivery")
-    finally:
-        os.kill(mx.pid, signal.SIGCONT)
     assert b"Hi Bob." in files[0].read_bytes()
     (row,) = mx.cli.json("track", "--recipient", "bob@example.com")
     assert row["status"] == "delayed"
