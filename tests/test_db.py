@@ -161,3 +161,26 @@ def test_stopping_finishes_submitted_jobs(tmp_path):
     sql.stopService()
     reactor.run_one()
     assert results == [7]
+
+
+def test_writers_take_turns_on_the_writer_lock(tmp_path):
+    """An SMTP worker's SQL thread holds the store's writer flock: ours waits for it, then commits at once."""
+    import fcntl
+    import os
+    import queue
+
+    sql, reactor, db = _sql_thread(tmp_path)
+    other = os.open(db.path + ".writer", os.O_RDWR | os.O_CREAT, 0o600)  # another process's open of it
+    fcntl.flock(other, fcntl.LOCK_EX)
+    results = []
+    sql.run(_insert, db, 1).addCallback(results.append)
+    sql.startService()
+    try:
+        with pytest.raises(queue.Empty):
+            reactor.run_one(timeout=0.3)  # the job waits for the lock, not for SQLite's busy timeout
+        assert Database(db.path).read("SELECT x FROM t") == []
+        os.close(other)  # the other writer is done
+        reactor.run_one()
+        assert results == [1]
+    finally:
+        sql.stopService()
