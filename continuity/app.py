@@ -318,7 +318,6 @@ def _components(config: Config, reactor, root: MultiService) -> Components:
     components.directory_changed.append(components.directory_cache.clear)
     components.mailstore = MaildirStore(config.mail_root, hostname=config.server.hostname)
     components.sent_copies = SentCopies(config.cs_sent_root)
-    components.sent_copies.prepare()
     components.authenticator, components.realm = build_authenticator(
         components.directory, io.run, reactor, config.limits.auth_failures)
     return components
@@ -384,6 +383,8 @@ def build_service(config: Config, reactor) -> MultiService:
     """The whole service for ``config`` on ``reactor``."""
     root = ServiceStack()
     components = _components(config, reactor, root)
+    # Only here: preparing removes half-written files, which in an SMTP worker could be this process's.
+    components.sent_copies.prepare()
     monitor = _delivery(components, root)
     listeners: dict[str, Listener] = {}
     for name in LISTENERS:
