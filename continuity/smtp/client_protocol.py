@@ -158,7 +158,9 @@ class DataEncoder:
         if len(body) < len(data):
             # The line ending may go on in the next chunk: hold it back.
             self._pending_cr = True
-        body = _LINE_END.sub(b"\r\n", body)
+        crlf = body.count(b"\r\n")
+        if not crlf == body.count(b"\r") == body.count(b"\n"):  # else every line ending is CRLF already
+            body = _LINE_END.sub(b"\r\n", body)
         if not body:
             return head
         if self._line_start and body[:1] == b".":
