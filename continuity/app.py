@@ -266,11 +266,15 @@ def _delivery(components: Components, root: MultiService):
 
         def startService(self):
             super().startService()
-            d = Deferred.fromCoroutine(intake.recover_spool())
-            d.addCallback(lambda counts: log.info("spool: {reindexed} message(s) re-indexed, {removed} finished"
-                                                  " removed", reindexed=counts[0], removed=counts[1]))
+            d = Deferred.fromCoroutine(self._recover(reactor.seconds()))
             d.addErrback(lambda f: log.failure("spool recovery failed", f))
             d.addBoth(lambda _: runner.kick())
+
+        async def _recover(self, started: float) -> None:
+            reindexed, removed = await intake.recover_spool()
+            released = await components.sql.run(components.index.release_stale_claims, started, reactor.seconds())
+            log.info("spool: {reindexed} message(s) re-indexed, {removed} finished removed, {released} attempt(s)"
+                     " of the last run to retry now", reindexed=reindexed, removed=removed, released=released)
 
     # Stopped in the reverse order (ServiceStack): the monitor, then the runner's
     # deliveries in flight, then the pool they use.

@@ -31,6 +31,8 @@ from continuity.spool.index import QueueEntry, QueueIndex
 from continuity.spool.store import MessageSpool
 
 HOLD_HORIZON = 10 * 365 * 86400.0  # held mail waits for recovery, not for a timer
+# An attempt takes at most this many relay timeouts (connecting and each reply have one).
+ATTEMPT_TIMEOUTS = 10
 
 
 class QueueRunner(Service):
@@ -175,9 +177,14 @@ class QueueRunner(Service):
         return self._lookups(entries)
 
     def _claim(self, due: Sequence[QueueEntry], now: float) -> None:
-        """On the SQL thread: count the attempt, moving the next one forward first (a crash retries then)."""
+        """On the SQL thread: count the attempt, moving the next one forward first (a crash retries then).
+
+        The claim lasts at least as long as an attempt can (:data:`ATTEMPT_TIMEOUTS` relay timeouts): no
+        other process's runner - this service's passes, an SMTP worker's - takes the message meanwhile.
+        """
         attempts = max(e.attempts for e in due)
-        self._index.claim([e.id for e in due], now + self._backoff(attempts))
+        lease = max(self._backoff(attempts), ATTEMPT_TIMEOUTS * self._config.relay.timeout)
+        self._index.claim([e.id for e in due], now + lease)
 
     async def _message(self, queue_id: str, entries: Sequence[QueueEntry] | None,
                        spooled: tuple[str, bytes] | None = None, decisions: list | None = None) -> None:
@@ -363,9 +370,17 @@ class QueueRunner(Service):
     # -- failover hooks --------------------------------------------------
 
     async def reroute(self, domain: str) -> None:
-        """Make the domain's pending mail due now (a mode switch changes where it goes)."""
+        """Make the domain's pending mail due now (a mode switch changes where it goes).
+
+        Not what an attempt has claimed (queued, its next attempt ahead): that
+        attempt - ours, or an SMTP worker's - routes it again itself, and
+        releasing it too would deliver it twice. A claim a crash left behind
+        comes due at its next attempt.
+        """
+        now = self._reactor.seconds()
         entries = await self._sql.run(self._index.for_domain, domain)
-        await self._sql.run(self._index.release, entries, self._reactor.seconds())
+        unclaimed = [e for e in entries if not (e.state == "queued" and e.next_attempt > now)]
+        await self._sql.run(self._index.release, unclaimed, now)
         self.kick()
 
     async def flush(self, domain: str | None = None) -> int:

@@ -204,6 +204,18 @@ class QueueIndex:
             conn.executemany("UPDATE queue SET state = 'queued', next_attempt = ? WHERE id = ? AND state != 'done'",
                              [(now, e.id) for e in entries])
 
+    def release_stale_claims(self, started: float, now: float) -> int:
+        """At start-up: make due now what attempts of an earlier run claimed (mail received before ``started``).
+
+        Those attempts ended with that run; claims of this run's SMTP workers,
+        which may already be at work, are on newer mail and stay.
+        """
+        with self.db.transaction() as conn:
+            cursor = conn.execute(
+                "UPDATE queue SET next_attempt = ? WHERE state = 'queued' AND next_attempt > ?"
+                " AND queue_id IN (SELECT queue_id FROM messages WHERE received < ?)", (now, now, started))
+            return cursor.rowcount
+
     def release_all(self, domain: str | None, now: float) -> int:
         with self.db.transaction() as conn:
             if domain is None:

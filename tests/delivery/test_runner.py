@@ -329,3 +329,37 @@ def test_a_runner_without_passes_delivers_what_it_claims_and_leaves_the_rest(sta
     stack.clock.advance(0)
     assert [e.state for e in stack.queue(deferred)] == ["done"] and len(stack.pool.to(UPSTREAM)) == 3
     worker.stopService()
+
+
+def test_a_reroute_leaves_a_claimed_message_to_the_attempt_that_claimed_it(stack):
+    """A mode switch while an SMTP worker's attempt is under way must not make the service deliver it too."""
+    from continuity.delivery.runner import QueueRunner
+
+    stack.domain(activation="manual")
+    worker = QueueRunner(stack.clock, stack.config, stack.sql, stack.io, stack.index, stack.spool, stack.directory,
+                         stack.agents, passes=False)
+    worker.startService()
+    stack.intake.kick, stack.intake.claim = worker.kick, worker.claim_new
+    held: Deferred = Deferred()
+    stack.pool.script(UPSTREAM, held)
+    queue_id = stack.accept(["bob@example.com"])  # the worker's attempt waits for the upstream
+    stack.directory.set_mode("example.com", "emergency", "continuityctl emergency start", automatic=False)
+    Deferred.fromCoroutine(stack.runner.reroute("example.com"))
+    stack.clock.advance(0)
+    assert stack.inbox("bob@example.com") == []
+    held.callback(OK)  # the upstream took it after all
+    assert [e.state for e in stack.queue(queue_id)] == ["done"]
+    assert stack.inbox("bob@example.com") == [] and len(stack.pool.to(UPSTREAM)) == 1
+    worker.stopService()
+
+
+def test_a_claim_lasts_as_long_as_an_attempt_can(tmp_path):
+    """No other runner (a pass, an SMTP worker) may take a message while a slow attempt is still under way."""
+    from continuity.delivery.runner import ATTEMPT_TIMEOUTS
+
+    stack = DeliveryStack(tmp_path, relay={"timeout": 30}).start()
+    stack.domain(activation="manual")
+    stack.pool.script(UPSTREAM, Deferred())  # the upstream never answers
+    (entry,) = stack.queue(stack.accept(["bob@example.com"]))
+    assert entry.next_attempt == EPOCH + ATTEMPT_TIMEOUTS * 30
+    stack.stop()

@@ -174,3 +174,17 @@ def test_a_rejected_recipient_is_tracked_without_a_message(index):
     row = index.db.read("SELECT * FROM tracking")[0]
     assert (row["status"], row["queue_id"], row["recipient"]) == ("rejected", None, "x@elsewhere.example")
     assert index.counts() == {"queued": 0, "deferred": 0, "held": 0}
+
+
+def test_release_stale_claims_frees_what_a_dead_run_claimed_and_nothing_newer(index):
+    """At start-up, claims of the previous run's attempts come due now; a worker's fresh claim does not."""
+    (old,) = add(index, "Q1")
+    index.claim([old.id], NOW + 300)
+    envelope = SpoolEnvelope(queue_id="Q2", sender="a@b.example", recipients=("bob@example.com",), received=NOW + 10,
+                             direction="inbound", origin="smtp")
+    (new,) = index.add(envelope, 100)
+    index.claim([new.id], NOW + 310)
+    (deferred,) = add(index, "Q3")
+    index.defer([deferred], "451 later", NOW + 600)
+    assert index.release_stale_claims(started=NOW + 5, now=NOW + 20) == 1
+    assert [(e.queue_id, e.next_attempt) for e in index.due(NOW + 20)] == [("Q1", NOW + 20)]
