@@ -29,7 +29,9 @@ killed service never leaves a worker holding its port. The parent restarts a
 worker that exits while the service runs, and stops them all (SIGTERM, then
 SIGKILL after :attr:`SMTPWorkers.stop_timeout`) before its own listeners. Mail a
 worker claimed and could not deliver before it ended is retried by the
-service's queue passes after the first retry interval.
+service's queue passes once the claim lapses (it lasts as long as an attempt
+can, :data:`~continuity.delivery.runner.ATTEMPT_TIMEOUTS`), or at once when the
+service starts again.
 """
 
 from __future__ import annotations
