@@ -14,6 +14,7 @@ nodes) replaces :class:`Database`; callers only use ``transaction()``,
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 import threading
@@ -28,7 +29,6 @@ from twisted.internet.interfaces import IReactorThreads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from continuity.locks import exclusive_lock
 
 T = TypeVar("T")
 
@@ -290,6 +290,7 @@ class SQLThread(Service):
         self._stopping = False
         #: Transactions committed so far (tests count them).
         self.commits = 0
+        self._writer: int | None = None  # the store's writer lock file, opened at the first group
 
     def startService(self) -> None:
         super().startService()
@@ -306,6 +307,9 @@ class SQLThread(Service):
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        if self._writer is not None:
+            os.close(self._writer)
+            self._writer = None
         self.db.close()
 
     def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Deferred[T]:
@@ -339,9 +343,19 @@ class SQLThread(Service):
         # The service process and its SMTP workers write the same file. SQLite's
         # own wait for the write lock polls with sleeps of 1 ms and more, which
         # stalled every job of the group behind it; a flock wakes the next
-        # writer the moment the last one commits.
-        with exclusive_lock(self.db.path + ".writer"):
+        # writer the moment the last one commits. If the lock cannot be had
+        # (no descriptor left, say), this group fails and the thread goes on.
+        try:
+            if self._writer is None:
+                self._writer = os.open(self.db.path + ".writer", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fcntl.flock(self._writer, fcntl.LOCK_EX)
+        except OSError:
+            failure = Failure()
+            return [(d, False, failure) for *_, d in group]
+        try:
             return self._write_group(group)
+        finally:
+            fcntl.flock(self._writer, fcntl.LOCK_UN)
 
     def _write_group(self, group: list) -> list[tuple[Deferred, bool, Any]]:
         outcomes: list[tuple[Deferred, bool, Any]] = []

@@ -1,4 +1,4 @@
-"""Exclusive locks between sessions, threads and processes sharing a Maildir or the store.
+"""Exclusive locks between sessions, threads and processes sharing a Maildir.
 
 ``fcntl.flock`` on a lock file: the lock belongs to the open file description,
 so two opens conflict whether they come from two processes or two threads of

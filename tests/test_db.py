@@ -184,3 +184,23 @@ def test_writers_take_turns_on_the_writer_lock(tmp_path):
         assert results == [1]
     finally:
         sql.stopService()
+
+
+def test_a_writer_lock_that_cannot_be_had_fails_the_group_and_not_the_thread(tmp_path):
+    """No descriptor left, or the lock file unusable: that group's jobs fail, the next ones run."""
+    import os
+
+    sql, reactor, db = _sql_thread(tmp_path)
+    os.mkdir(db.path + ".writer")  # cannot be opened for writing
+    outcomes = []
+    sql.run(_insert, db, 1).addErrback(lambda f: outcomes.append(f.check(OSError)))
+    sql.startService()
+    try:
+        reactor.run_one()
+        assert outcomes == [OSError]
+        os.rmdir(db.path + ".writer")
+        sql.run(_insert, db, 2).addCallback(outcomes.append)
+        reactor.run_one()
+        assert outcomes == [OSError, 2]
+    finally:
+        sql.stopService()
