@@ -32,7 +32,7 @@ from twisted.logger import Logger
 from continuity import tracking
 from continuity.db import SQLThread
 from continuity.delivery.agents import delivery_headers
-from continuity.delivery.router import Route, route
+from continuity.delivery.router import Route, current_route
 from continuity.directory.store import Directory
 from continuity.envelope import parse_address
 from continuity.mailstore import MaildirStore
@@ -55,32 +55,44 @@ class DirectDelivery:
         self._mailstore = mailstore
 
     async def deliver(self, *, queue_id: str, sender: str, recipients: Sequence[str], chunks: Sequence[bytes],
-                      client: str | None, message_id: str | None) -> bool:
-        """Deliver to every recipient's continuity mailbox and track it; False (nothing done) if one goes elsewhere."""
-        copies = await self._io(self._write_copies, sender, recipients, chunks)
-        if copies is None:
-            return False
-        await self._sql.run(self._track, queue_id, message_id, sender, client, copies)
-        for recipient, mailbox, _ in copies:
+                      client: str | None, message_id: str | None) -> list[str] | None:
+        """Deliver to every recipient's continuity mailbox and track the copies.
+
+        Returns None when nothing was written (a recipient goes elsewhere, or the
+        first copy failed): the spool takes the whole message. Otherwise the
+        recipients the spool must still take: none, or those from a copy that
+        failed on (its runner retries them), so that a client sending again after
+        a 4xx never duplicates the copies already written.
+        """
+        written, left = await self._io(self._write_copies, queue_id, sender, recipients, chunks)
+        if not written:
+            return None
+        await self._sql.run(self._track, queue_id, message_id, sender, client, written)
+        for _, mailbox, _ in written:
             self.log.info("{queue_id} delivered to the continuity mailbox of {address}", queue_id=queue_id,
                           address=mailbox)
-        return True
+        return left
 
-    def _write_copies(self, sender: str, recipients: Sequence[str], chunks: Sequence[bytes]) -> list[Copy] | None:
+    def _write_copies(self, queue_id: str, sender: str, recipients: Sequence[str],
+                      chunks: Sequence[bytes]) -> tuple[list[Copy], list[str]]:
         """On an I/O worker: the routes as the store has them now; if all are mailboxes, each copy, fsync'ed."""
         mailboxes = []
+        domains: dict = {}
         for recipient in recipients:
-            address = parse_address(recipient)
-            domain = self._directory.find_domain(address.domain)
-            decision = route(domain, self._directory.resolve(address) if domain is not None else None)
+            decision, _ = current_route(self._directory, parse_address(recipient).domain, recipient, domains)
             if decision.route is not Route.MAILBOX:
-                return None
+                return [], list(recipients)
             mailboxes.append((recipient, decision.mailbox))
-        copies = []
-        for recipient, mailbox in mailboxes:
-            ref = self._mailstore.deliver(parse_address(mailbox), [delivery_headers(sender, recipient), *chunks])
-            copies.append((recipient, mailbox, ref.base))
-        return copies
+        written: list[Copy] = []
+        for number, (recipient, mailbox) in enumerate(mailboxes):
+            try:
+                ref = self._mailstore.deliver(parse_address(mailbox), [delivery_headers(sender, recipient), *chunks])
+            except Exception:
+                self.log.failure("{queue_id}: writing the copy for {address} failed; the spool takes it and the"
+                                 " rest", queue_id=queue_id, address=mailbox)
+                return written, list(recipients[number:])
+            written.append((recipient, mailbox, ref.base))
+        return written, []
 
     def _track(self, queue_id: str, message_id: str | None, sender: str, client: str | None,
                copies: list[Copy]) -> None:

@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from continuity.config import Config
 from continuity.db import SQLThread
 from continuity.delivery.agents import Agents, Outcome
-from continuity.delivery.router import Decision, Route, route
+from continuity.delivery.router import Decision, Route, current_route
 from continuity.directory.store import Directory, Domain, fails_over_automatically
 from continuity.spool.index import QueueEntry, QueueIndex
 from continuity.spool.store import MessageSpool
@@ -259,18 +259,9 @@ class QueueRunner(Service):
 
     def _lookups(self, entries: Sequence[QueueEntry]) -> list[tuple[QueueEntry, Decision, Domain | None]]:
         """The route of each recipient (on the SQL thread)."""
-        result = []
         domains: dict[str, Domain | None] = {}
-        for entry in entries:
-            if entry.domain not in domains:
-                domains[entry.domain] = self._directory.find_domain(entry.domain)
-            domain = domains[entry.domain]
-            if entry.direction == "outbound" and domain is None:
-                result.append((entry, route(None, None), None))
-                continue
-            user = self._directory.resolve(entry.recipient) if domain is not None else None
-            result.append((entry, route(domain, user), domain))
-        return result
+        return [(entry, *current_route(self._directory, entry.domain, entry.recipient, domains))
+                for entry in entries]
 
     async def _deliver(self, queue_id: str, sender: str, message: bytes, entries: list[QueueEntry],
                        rerouted: bool, decisions: list | None = None) -> None:

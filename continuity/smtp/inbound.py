@@ -134,10 +134,13 @@ class InboundPolicy:
         sender = str(envelope.sender) if envelope.sender else ""
         if self._direct is not None and direction == "inbound" and await self._all_in_emergency(hosted):
             # Straight into the continuity mailboxes, if the store agrees that is where all of it goes.
-            if await self._direct.deliver(queue_id=queue_id, sender=sender, recipients=recipients,
-                                          chunks=[header, data], client=session.peer_ip,
-                                          message_id=message_id_of(data[:HEADER_LIMIT])):
-                return queue_id
+            left = await self._direct.deliver(queue_id=queue_id, sender=sender, recipients=recipients,
+                                              chunks=[header, data], client=session.peer_ip,
+                                              message_id=message_id_of(data[:HEADER_LIMIT]))
+            if left is not None:
+                if not left:
+                    return queue_id
+                recipients, directions = left, ["inbound"] * len(left)
         await self._intake.accept(
             sender=sender, recipients=recipients, chunks=[header, data],
             direction=direction, origin="smtp", client=session.peer_ip,

@@ -12,14 +12,14 @@ from continuity.testing.upstream import OK
 MESSAGE = b"Subject: hello\r\nMessage-ID: <d1@sender.example>\r\n\r\nHi.\r\n"
 
 
-def deliver(stack: DeliveryStack, recipients: list[str], queue_id: str = "0660E9766B72C6F0B5B8") -> bool:
+def deliver(stack: DeliveryStack, recipients: list[str], queue_id: str = "0660E9766B72C6F0B5B8") -> list | None:
     direct = DirectDelivery(stack.clock, stack.sql, stack.io, stack.directory, stack.mailstore)
     results: list = []
     Deferred.fromCoroutine(direct.deliver(
         queue_id=queue_id, sender="alice@sender.example", recipients=recipients,
         chunks=[b"Received: by us\r\n", MESSAGE], client="192.0.2.1", message_id="<d1@sender.example>",
     )).addBoth(results.append)
-    assert results and isinstance(results[0], bool), results
+    assert results and (results[0] is None or isinstance(results[0], list)), results
     return results[0]
 
 
@@ -31,7 +31,7 @@ def emergency(stack: DeliveryStack, **settings) -> None:
 def test_every_copy_goes_to_its_mailbox_with_tracking_and_no_spool(stack):
     emergency(stack, users=["bob@example.com", "carol@example.com"])
     stack.directory.add_alias("carol@example.com", "sales@example.com")
-    assert deliver(stack, ["bob@example.com", "sales@example.com"])
+    assert deliver(stack, ["bob@example.com", "sales@example.com"]) == []
     (bob,) = stack.inbox("bob@example.com")
     assert bob == (b"Return-Path: <alice@sender.example>\r\nDelivered-To: bob@example.com\r\n"
                    b"Received: by us\r\n" + MESSAGE)
@@ -47,22 +47,22 @@ def test_nothing_is_written_unless_every_copy_goes_to_a_mailbox(stack):
     """An uncovered user's copy is held for recovery by the spool path: the whole message takes it."""
     emergency(stack, users=["bob@example.com", "carol@example.com"])
     stack.directory.exclude("carol@example.com")
-    assert not deliver(stack, ["bob@example.com", "carol@example.com"])
-    assert not deliver(stack, ["bob@example.com", "nobody@elsewhere.example"])
+    assert deliver(stack, ["bob@example.com", "carol@example.com"]) is None
+    assert deliver(stack, ["bob@example.com", "nobody@elsewhere.example"]) is None
     assert stack.inbox("bob@example.com") == [] and stack.tracking("bob@example.com") == []
 
 
 def test_the_store_decides_not_the_caller(stack):
     """In normal mode (say, recovery just finished) nothing is delivered to a mailbox."""
     stack.domain()
-    assert not deliver(stack, ["bob@example.com"])
+    assert deliver(stack, ["bob@example.com"]) is None
     assert stack.inbox("bob@example.com") == []
 
 
 def test_recovery_redelivers_and_tracks_directly_delivered_mail(stack):
     """The mailbox reference recovery works from is the same as the spool path's."""
     emergency(stack)
-    assert deliver(stack, ["bob@example.com"])
+    assert deliver(stack, ["bob@example.com"]) == []
     stack.pool.default = OK
     stack.directory.set_mode("example.com", "recovering", "continuityctl emergency stop", automatic=False)
     stack.clock.advance(1)  # the monitor's poll starts the recovery
@@ -70,3 +70,31 @@ def test_recovery_redelivers_and_tracks_directly_delivered_mail(stack):
     assert redelivered.recipients == ("bob@example.com",) and redelivered.message.endswith(MESSAGE)
     assert stack.inbox("bob@example.com") == []
     assert stack.tracking("bob@example.com")[0]["status"] == "redelivered"
+
+
+def test_a_copy_that_fails_after_others_leaves_the_rest_to_the_spool(stack, monkeypatch):
+    """Disk trouble in carol's mailbox: bob's copy stays tracked, carol's goes to the spool; nothing twice."""
+    emergency(stack, users=["bob@example.com", "carol@example.com"])
+    deliver_one = stack.mailstore.deliver
+
+    def failing(address, message, *args, **kwargs):
+        if address.local == "carol":
+            raise OSError(122, "Disk quota exceeded")
+        return deliver_one(address, message, *args, **kwargs)
+
+    monkeypatch.setattr(stack.mailstore, "deliver", failing)
+    assert deliver(stack, ["bob@example.com", "carol@example.com"]) == ["carol@example.com"]
+    assert len(stack.inbox("bob@example.com")) == 1
+    assert [r["status"] for r in stack.tracking("bob@example.com")] == ["delayed"]
+    assert stack.tracking("carol@example.com") == []
+
+
+def test_a_first_copy_that_fails_leaves_the_whole_message_to_the_spool(stack, monkeypatch):
+    emergency(stack)
+
+    def failing(address, message, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(stack.mailstore, "deliver", failing)
+    assert deliver(stack, ["bob@example.com"]) is None
+    assert stack.tracking("bob@example.com") == []

@@ -139,6 +139,29 @@ def test_in_emergency_mail_for_mailboxes_skips_the_spool(stack):
     assert list(stack.spool.queue_ids()) == []
 
 
+def test_a_direct_copy_that_fails_sends_the_rest_through_the_spool_and_still_answers_250(stack, monkeypatch):
+    """bob's copy is written, carol's mailbox fails: the 250 still comes, carol's copy is the spool's to retry."""
+    emergency(stack)
+    deliver_one = stack.mailstore.deliver
+
+    def failing(address, message, *args, **kwargs):
+        if address.local == "carol":
+            raise OSError(122, "Disk quota exceeded")
+        return deliver_one(address, message, *args, **kwargs)
+
+    monkeypatch.setattr(stack.mailstore, "deliver", failing)
+    session = Session(factory(stack, direct=True))
+    session.rcpt("bob@example.com")
+    session.send(b"RCPT TO:<carol@example.com>\r\n")
+    session.send(b"DATA\r\n")
+    reply = session.send(b"Subject: hi\r\n\r\nhello\r\n.\r\n")[-1]
+    assert reply.startswith("250 2.0.0 Ok: queued as ")
+    queue_id = reply.rsplit(" ", 1)[1]
+    assert len(stack.inbox("bob@example.com")) == 1
+    (carol,) = stack.queue(queue_id)
+    assert carol.recipient == "carol@example.com" and carol.state == "deferred"
+
+
 def test_connections_per_ip_beyond_the_limit_get_421(stack):
     """Beyond connections_per_ip from one IP a connection is greeted 421 4.7.0; other IPs are not affected."""
     limits = attrs.evolve(stack.config.limits, connections_per_ip=2)
