@@ -24,8 +24,10 @@ The parent and a worker talk in lines over pipes:
   worker stops.
 - worker stdout and stderr: log lines, logged again by the parent.
 
-A worker also gets SIGTERM when the parent dies (``PR_SET_PDEATHSIG``), so a
-killed service never leaves a worker holding its port. The parent restarts a
+A worker is killed when the parent dies (``PR_SET_PDEATHSIG``), so a killed
+service never leaves a worker holding its port or delivering mail whose claim
+the next start releases (what the worker had acknowledged is durable, what it
+had not, the client sends again). The parent restarts a
 worker that exits while the service runs, and stops them all (SIGTERM, then
 SIGKILL after :attr:`SMTPWorkers.stop_timeout`) before its own listeners. Mail a
 worker claimed and could not deliver before it ended is retried by the
@@ -122,7 +124,9 @@ class SMTPWorkers(Service):
 
     name = "smtp-workers"
     stop_timeout = 30.0
+    #: Seconds before a worker that ended is started again, doubled for each quick end in a row.
     restart_delay = 1.0
+    max_restart_delay = 60.0
 
     def __init__(self, reactor, config_path: str, count: int, listening: dict[str, Callable[[], int]],
                  upstream_failed: Callable[[str, str], Deferred]):
@@ -132,6 +136,8 @@ class SMTPWorkers(Service):
         self._listening = listening
         self.upstream_failed = upstream_failed
         self._workers: dict[int, _Worker] = {}
+        self._started: dict[int, float] = {}
+        self._quick_ends: dict[int, int] = {}
 
     def startService(self) -> None:
         super().startService()
@@ -150,6 +156,7 @@ class SMTPWorkers(Service):
             argv += ["--listen", f"{name}={FIRST_LISTEN_FD + offset}"]
         self._reactor.spawnProcess(worker, sys.executable, argv, env=dict(os.environ), childFDs=child_fds)
         self._workers[number] = worker
+        self._started[number] = self._reactor.seconds()
         log.info("smtp worker {number} started (pid {pid})", number=number, pid=worker.transport.pid)
 
     def ended(self, worker: _Worker, reason: Failure) -> None:
@@ -157,9 +164,13 @@ class SMTPWorkers(Service):
             return
         del self._workers[worker.number]
         if self.running:
-            log.error("smtp worker {number} ended ({reason}); starting it again", number=worker.number,
-                      reason=reason.getErrorMessage())
-            self._reactor.callLater(self.restart_delay, self._spawn, worker.number)
+            number = worker.number
+            lived = self._reactor.seconds() - self._started.get(number, 0.0)
+            quick = self._quick_ends[number] = self._quick_ends.get(number, 0) + 1 if lived < 60 else 0
+            delay = min(self.restart_delay * 2 ** max(quick - 1, 0), self.max_restart_delay)
+            log.error("smtp worker {number} ended ({reason}); starting it again in {delay:g} s", number=number,
+                      reason=reason.getErrorMessage(), delay=delay)
+            self._reactor.callLater(delay, self._spawn, number)
 
     def directory_changed(self) -> None:
         """Our own mode switch landed: the workers' cached directory answers are stale."""
@@ -228,14 +239,16 @@ class _Parent(protocol.Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:
         # The parent closed our stdin: it is stopping, or gone.
-        if self._reactor.running:
+        try:
             self._reactor.stop()
+        except error.ReactorNotRunning:
+            pass  # stopping already
 
 
 def _stop_with_parent(parent: int) -> None:
-    """SIGTERM this process when the parent dies (Linux); exit if it already has."""
+    """SIGKILL this process when the parent dies (Linux); exit if it already has."""
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass  # not Linux: stdin's EOF stops the worker
     if os.getppid() != parent:

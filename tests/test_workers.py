@@ -93,3 +93,43 @@ def test_clear_drops_the_worker_s_cached_directory_answers():
     parent.cleared = lambda: cleared.append(True)
     parent.dataReceived(b"clear\n")
     assert cleared == [True]
+
+
+class SpawningClock(Clock):
+    """A Clock that records spawnProcess calls (the worker gets a transport with a pid)."""
+
+    def __init__(self):
+        super().__init__()
+        self.spawned: list = []
+
+    def spawnProcess(self, protocol, executable, args, env=None, childFDs=None):
+        protocol.transport = StringTransport()
+        protocol.transport.pid = 1000 + len(self.spawned)
+        self.spawned.append((protocol, args, childFDs))
+        return protocol.transport
+
+
+def test_a_worker_that_keeps_ending_is_started_again_ever_more_slowly():
+    from twisted.python.failure import Failure
+    from twisted.internet.error import ProcessTerminated
+
+    clock = SpawningClock()
+    workers = SMTPWorkers(clock, "/etc/continuity.toml", 1, {"smtp": lambda: 7}, lambda d, r: Deferred())
+    workers.startService()
+    (first, args, fds) = clock.spawned[0]
+    assert fds[4] == 7 and "smtp=4" in args
+    delays = []
+    for _ in range(4):
+        worker = clock.spawned[-1][0]
+        worker.processEnded(Failure(ProcessTerminated(1)))
+        before = len(clock.spawned)
+        waited = 0.0
+        while len(clock.spawned) == before:
+            clock.advance(0.5)
+            waited += 0.5
+        delays.append(waited)
+    assert delays == [1.0, 2.0, 4.0, 8.0]
+    clock.advance(120)  # this one lived: its next end is a first quick one again
+    clock.spawned[-1][0].processEnded(Failure(ProcessTerminated(1)))
+    clock.advance(1.0)
+    assert len(clock.spawned) == 6

@@ -173,18 +173,21 @@ class QueueRunner(Service):
         """
         if not self.running:
             return None
-        self._claim(entries, self._reactor.seconds())
-        return self._lookups(entries)
+        with self._index.db.transaction():  # a claim that fails leaves the message queued for a pass
+            return self._lookups(self._claim(entries, self._reactor.seconds()))
 
-    def _claim(self, due: Sequence[QueueEntry], now: float) -> None:
+    def _claim(self, due: Sequence[QueueEntry], now: float) -> list[QueueEntry]:
         """On the SQL thread: count the attempt, moving the next one forward first (a crash retries then).
 
-        The claim lasts at least as long as an attempt can (:data:`ATTEMPT_TIMEOUTS` relay timeouts): no
-        other process's runner - this service's passes, an SMTP worker's - takes the message meanwhile.
+        Only what is still due is claimed, and only that is returned: another
+        process's runner (this service's passes, an SMTP worker's) may have
+        claimed or finished it since it was read. The claim lasts at least as
+        long as an attempt can (:data:`ATTEMPT_TIMEOUTS` relay timeouts).
         """
         attempts = max(e.attempts for e in due)
         lease = max(self._backoff(attempts), ATTEMPT_TIMEOUTS * self._config.relay.timeout)
-        self._index.claim([e.id for e in due], now + lease)
+        claimed = self._index.claim([e.id for e in due], now + lease, now)
+        return [e for e in due if e.id in claimed]
 
     async def _message(self, queue_id: str, entries: Sequence[QueueEntry] | None,
                        spooled: tuple[str, bytes] | None = None, decisions: list | None = None) -> None:
@@ -200,8 +203,7 @@ class QueueRunner(Service):
                     e for e in self._index.pending(queue_id) if e.state in ("queued", "deferred")]
                 if not due:
                     return []
-                self._claim(due, now)
-                return self._lookups(due)
+                return self._lookups(self._claim(due, now))
 
             if decisions is None:
                 decisions = await self._sql.run(claim_and_route)

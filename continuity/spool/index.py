@@ -171,11 +171,22 @@ class QueueIndex:
 
     # -- changing --------------------------------------------------------
 
-    def claim(self, ids: Sequence[int], next_attempt: float) -> None:
-        """Before an attempt: count it and move the next one forward (crash -> retried then)."""
+    def claim(self, ids: Sequence[int], next_attempt: float, now: float) -> set[int]:
+        """Before an attempt: count it and move the next one forward (crash -> retried then); return the ids claimed.
+
+        A recipient is claimed only while it is due at ``now`` (queued or
+        deferred, its next attempt not ahead): the check and the claim are one
+        statement, so of two runners reading it due only one gets it.
+        """
+        claimed = set()
         with self.db.transaction() as conn:
-            conn.executemany("UPDATE queue SET attempts = attempts + 1, next_attempt = ? WHERE id = ?",
-                             [(next_attempt, i) for i in ids])
+            for row_id in ids:
+                cursor = conn.execute(
+                    "UPDATE queue SET attempts = attempts + 1, next_attempt = ? WHERE id = ?"
+                    " AND state IN ('queued', 'deferred') AND next_attempt <= ?", (next_attempt, row_id, now))
+                if cursor.rowcount:
+                    claimed.add(row_id)
+        return claimed
 
     def finish(self, entries: Sequence[QueueEntry], status: str, detail: str,
                mailbox_refs: Sequence[str | None] | None = None) -> None:

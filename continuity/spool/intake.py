@@ -15,12 +15,14 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from continuity.db import SQLThread
 from continuity.spool.index import QueueEntry, QueueIndex
 from continuity.spool.store import MessageSpool, SpoolEnvelope, new_queue_id
 
+log = Logger()
 _MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(.*?)\r?$", re.IGNORECASE | re.MULTILINE)
 
 
@@ -120,11 +122,21 @@ class MessageIntake:
 
     def _index_job(self, envelope: SpoolEnvelope, size: int, directions: Sequence[str] | None) -> tuple[int, Any]:
         entries = self._index.add(envelope, size, directions)
-        return size, self.claim(entries) if self.claim is not None and entries else None
+        if self.claim is None or not entries:
+            return size, None
+        try:
+            return size, self.claim(entries)
+        except Exception:
+            # The message is spooled and indexed: a queue pass delivers it, and the client gets its 250.
+            log.failure("claiming {queue_id} failed", queue_id=envelope.queue_id)
+            return size, None
 
     async def recover_spool(self) -> tuple[int, int]:
-        """At start-up: index spool files a crash left unindexed, remove finished ones."""
-        await self._io(self._spool.prepare)
+        """At start-up: index spool files a crash left unindexed, remove finished ones.
+
+        The spool was prepared (its half-written files removed) before any
+        listener started: not again here, while SMTP workers may be writing.
+        """
         on_disk = set(await self._io(lambda: list(self._spool.queue_ids())))
         known = await self._sql.run(self._index.known_queue_ids)
         reindexed = 0

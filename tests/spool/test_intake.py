@@ -146,3 +146,15 @@ def test_the_runner_claims_in_the_transaction_that_indexes(parts):
     queue_id = parts.accept(["bob@example.com"])
     assert claimed == [["bob@example.com"]]
     assert parts.kicked == [(queue_id, ("alice@sender.example", b"Received: by us\r\n" + MESSAGE), "routes")]
+
+
+def test_a_failed_claim_still_gives_the_client_its_250(parts):
+    """The message is spooled and indexed; a queue pass delivers it (a 4xx would make the client send it twice)."""
+
+    def broken(entries):
+        raise RuntimeError("lookup failed")
+
+    parts.intake.claim = broken
+    queue_id = parts.accept(["bob@example.com"])
+    (entry,) = parts.index.pending(queue_id)
+    assert (entry.state, entry.attempts) == ("queued", 0) and parts.kicked == [queue_id]

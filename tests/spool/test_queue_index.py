@@ -88,7 +88,7 @@ def test_due_returns_queued_and_deferred_whose_time_has_come_oldest_first(index)
 def test_claim_counts_the_attempt_and_moves_next_attempt_forward(index):
     """claim() runs before an attempt: attempts + 1, next_attempt set to the retry time."""
     (added,) = add(index, "Q1")
-    index.claim([added.id], NOW + 60)
+    assert index.claim([added.id], NOW + 60, NOW) == {added.id}
     (entry,) = index.pending("Q1")
     assert (entry.attempts, entry.next_attempt, entry.state) == (1, NOW + 60, "queued")
     assert index.due(NOW) == []
@@ -179,12 +179,21 @@ def test_a_rejected_recipient_is_tracked_without_a_message(index):
 def test_release_stale_claims_frees_what_a_dead_run_claimed_and_nothing_newer(index):
     """At start-up, claims of the previous run's attempts come due now; a worker's fresh claim does not."""
     (old,) = add(index, "Q1")
-    index.claim([old.id], NOW + 300)
+    index.claim([old.id], NOW + 300, NOW)
     envelope = SpoolEnvelope(queue_id="Q2", sender="a@b.example", recipients=("bob@example.com",), received=NOW + 10,
                              direction="inbound", origin="smtp")
     (new,) = index.add(envelope, 100)
-    index.claim([new.id], NOW + 310)
+    index.claim([new.id], NOW + 310, NOW + 10)
     (deferred,) = add(index, "Q3")
     index.defer([deferred], "451 later", NOW + 600)
     assert index.release_stale_claims(started=NOW + 5, now=NOW + 20) == 1
     assert [(e.queue_id, e.next_attempt) for e in index.due(NOW + 20)] == [("Q1", NOW + 20)]
+
+
+def test_of_two_runners_claiming_one_recipient_only_one_gets_it(index):
+    """A pass and an SMTP worker read it due at once; the claim is a compare-and-set."""
+    (entry,) = add(index, "Q1")
+    assert index.claim([entry.id], NOW + 300, NOW) == {entry.id}
+    assert index.claim([entry.id], NOW + 300, NOW) == set()  # already claimed: its next attempt is ahead
+    index.finish([entry], "relayed", "250 ok")
+    assert index.claim([entry.id], NOW + 600, NOW + 400) == set()  # done: never claimed again
