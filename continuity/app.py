@@ -56,6 +56,8 @@ class Components:
     index: object = None
     intake: object = None
     directory_cache: object = None
+    #: 0 in the service process, N in SMTP worker N (:mod:`continuity.workers`).
+    process: int = 0
     #: Called when a mode switch of ours has landed in the store: cached directory answers are stale.
     directory_changed: list[Callable[[], None]] = attrs.Factory(list)
 
@@ -137,6 +139,7 @@ class Listener(Service):
 
 
 def _smtp_factory(components: "Components", name: str) -> IProtocolFactory:
+    from continuity.counters import SharedConnectionCounter
     from continuity.delivery.direct import DirectDelivery
     from continuity.smtp.inbound import InboundPolicy
     from continuity.smtp.server import SMTPServerFactory
@@ -144,8 +147,13 @@ def _smtp_factory(components: "Components", name: str) -> IProtocolFactory:
     config = components.config
     direct = DirectDelivery(components.reactor, components.sql, components.io.run, components.directory,
                             components.mailstore)
+    connections = None
+    if config.server.smtp_workers:
+        # The service (process 0) and its workers accept on one socket: one count per client IP for all.
+        connections = SharedConnectionCounter(config.limits.connections_per_ip, os.path.join(config.data_dir, "run"),
+                                              name, components.process, 1 + config.server.smtp_workers)
     policy = InboundPolicy(config, components.sql, components.directory_cache, components.index, components.intake,
-                           components.reactor, direct)
+                           components.reactor, direct, connections)
     return SMTPServerFactory(policy, config.server.hostname, config.limits, tls_context=components.tls_context,
                              auth_enabled=False, require_tls_for_auth=config.tls.require_tls_for_auth,
                              clock=components.reactor)
@@ -363,7 +371,7 @@ class AdoptedListener(Service):
         return None
 
 
-def build_smtp_worker(config: Config, reactor, adopted: dict[str, int],
+def build_smtp_worker(config: Config, reactor, number: int, adopted: dict[str, int],
                       failover) -> tuple[MultiService, Components]:
     """An SMTP worker process (:mod:`continuity.workers`): the listeners in ``adopted`` (name -> fd) with their
     policies, spool and index, and a queue runner that delivers what they accept (claimed in the transaction
@@ -373,6 +381,7 @@ def build_smtp_worker(config: Config, reactor, adopted: dict[str, int],
 
     root = ServiceStack()
     components = _components(config, reactor, root)
+    components.process = number
     spool = MessageSpool(config.spool_root)  # the service process prepared it
     intake, pool, runner = _queue_runner(components, spool, passes=False)
     runner.failover = failover

@@ -150,7 +150,7 @@ class SMTPWorkers(Service):
         worker = _Worker(self, number)
         child_fds: dict[int, str | int] = {0: "w", 1: "r", 2: "r", REPORTS_FD: "r"}
         argv = [sys.executable, "-m", "continuity.workers", "--config", self._config_path,
-                "--parent", str(os.getpid())]
+                "--parent", str(os.getpid()), "--number", str(number)]
         for offset, (name, fileno) in enumerate(sorted(self._listening.items())):
             child_fds[FIRST_LISTEN_FD + offset] = fileno()
             argv += ["--listen", f"{name}={FIRST_LISTEN_FD + offset}"]
@@ -264,10 +264,11 @@ def _log_to_stdout(event: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m continuity.workers --config PATH --parent PID --listen smtp=FD``: one SMTP worker."""
+    """``python -m continuity.workers --config PATH --parent PID --number N --listen smtp=FD``: SMTP worker N."""
     parser = argparse.ArgumentParser(prog="continuity.workers")
     parser.add_argument("--config", required=True)
     parser.add_argument("--parent", type=int, required=True)
+    parser.add_argument("--number", type=int, required=True)
     parser.add_argument("--listen", action="append", default=[], metavar="NAME=FD")
     args = parser.parse_args(argv)
     _stop_with_parent(args.parent)
@@ -280,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
 
     adopted = {name: int(fd) for name, _, fd in (item.partition("=") for item in args.listen)}
     parent = _Parent(reactor)
-    root, components = build_smtp_worker(load_config(args.config), reactor, adopted, parent)
+    root, components = build_smtp_worker(load_config(args.config), reactor, args.number, adopted, parent)
     parent.cleared = components.directory_cache.clear
     stdio.StandardIO(parent, stdin=0, stdout=REPORTS_FD, reactor=reactor)
     reactor.callWhenRunning(root.startService)

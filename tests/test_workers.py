@@ -133,3 +133,21 @@ def test_a_worker_that_keeps_ending_is_started_again_ever_more_slowly():
     clock.spawned[-1][0].processEnded(Failure(ProcessTerminated(1)))
     clock.advance(1.0)
     assert len(clock.spawned) == 6
+
+
+def test_connections_per_ip_are_counted_across_the_processes(tmp_path):
+    """The service and a worker accept on one socket: the client's limit is one count for both."""
+    from continuity.counters import SharedConnectionCounter
+
+    service = SharedConnectionCounter(3, str(tmp_path), "smtp", 0, 2)
+    worker = SharedConnectionCounter(3, str(tmp_path), "smtp", 1, 2)
+    assert service.acquire("192.0.2.7") and service.acquire("192.0.2.7") and worker.acquire("192.0.2.7")
+    assert not worker.acquire("192.0.2.7") and not service.acquire("192.0.2.7")
+    assert worker.acquire("198.51.100.1")  # another client is counted apart
+    service.release("192.0.2.7")
+    assert worker.acquire("192.0.2.7")
+    restarted = SharedConnectionCounter(3, str(tmp_path), "smtp", 1, 2)  # the worker ended with its connections
+    assert restarted.acquire("192.0.2.7") and restarted.acquire("192.0.2.7")
+    assert not service.acquire("192.0.2.7")
+    again = SharedConnectionCounter(3, str(tmp_path), "smtp", 0, 2)  # the whole service starts again
+    assert again.acquire("192.0.2.7") and again.acquire("192.0.2.7") and again.acquire("192.0.2.7")

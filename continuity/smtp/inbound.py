@@ -33,9 +33,9 @@ from continuity.spool.store import new_queue_id
 class ConnectionLimit:
     """Simultaneous connections per client IP on one listener (``connections_per_ip``)."""
 
-    def __init__(self, limit: int, hostname: str):
+    def __init__(self, limit: int, hostname: str, counter: ConnectionCounter | None = None):
         self._hostname = hostname
-        self._open = ConnectionCounter(limit)
+        self._open = counter if counter is not None else ConnectionCounter(limit)
 
     def acquire(self, session: Session) -> None:
         if not self._open.acquire(session.peer_ip):
@@ -65,7 +65,8 @@ class InboundPolicy:
     log = Logger()
 
     def __init__(self, config: Config, sql: SQLThread, directory: DirectoryCache, index: QueueIndex,
-                 intake: MessageIntake, clock, direct: DirectDelivery | None = None):
+                 intake: MessageIntake, clock, direct: DirectDelivery | None = None,
+                 connections: ConnectionCounter | None = None):
         self._config = config
         self._direct = direct
         self._sql = sql
@@ -73,7 +74,8 @@ class InboundPolicy:
         self._index = index
         self._intake = intake
         self._clock = clock
-        self._connections = ConnectionLimit(config.limits.connections_per_ip, config.server.hostname)
+        # ``connections``: shared with the SMTP workers, which accept on the same socket.
+        self._connections = ConnectionLimit(config.limits.connections_per_ip, config.server.hostname, connections)
         self._networks = config.outbound.relay_networks
         self._senders: dict[str, str] = {}  # session id -> current MAIL FROM, for tracking rejections
         # session id -> {recipient domain: hosted?} as RCPT found it in this transaction

@@ -151,3 +151,36 @@ def test_in_emergency_a_worker_delivers_to_the_mailbox_itself(mx):
     assert b"Hi Bob." in files[0].read_bytes()
     (row,) = mx.cli.json("track", "--recipient", "bob@example.com")
     assert row["status"] == "delayed"
+
+
+def test_connections_per_ip_count_across_the_service_and_its_worker(tmp_path, smtp_sink):
+    """CONTRACT 2: connections_per_ip per listener, then 421, whichever process the kernel gives each one."""
+    import socket
+
+    mx = MX(tmp_path, server={"smtp_workers": 1})
+    mx.config.write_text(mx.config.read_text() + "\n[limits]\nconnections_per_ip = 3\n")
+    mx.start()
+    pid, opened = mx.service.process.pid, []
+
+    def connect() -> bytes:
+        conn = socket.create_connection(("127.0.0.1", mx.port), timeout=10)
+        opened.append(conn)
+        return conn.recv(200)[:3]
+
+    try:
+        (worker,) = wait_until(lambda: workers_of(pid), what="the SMTP worker to start")
+        time.sleep(1)  # the worker adopts the socket as it starts
+        os.kill(pid, signal.SIGSTOP)  # only the worker accepts
+        try:
+            assert [connect(), connect()] == [b"220", b"220"]
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        os.kill(worker, signal.SIGSTOP)  # only the service accepts
+        try:
+            assert [connect(), connect(), connect()] == [b"220", b"421", b"421"]
+        finally:
+            os.kill(worker, signal.SIGCONT)
+    finally:
+        for conn in opened:
+            conn.close()
+        mx.stop()
