@@ -346,29 +346,20 @@ def protocol_factory(components: Components, name: str) -> IProtocolFactory | No
     return factory
 
 
-class AdoptedListener(Service):
+class AdoptedListener(Listener):
     """A listener on a socket inherited from the service process (an SMTP worker's, :mod:`continuity.workers`)."""
 
     def __init__(self, name: str, fileno: int, factory: IProtocolFactory, reactor):
-        self.name = name
+        super().__init__(name, f"inherited socket {fileno}", None, factory)
         self._fileno = fileno
-        self._factory = factory
         self._reactor = reactor
-        self._port: IListeningPort | None = None
 
-    def startService(self) -> None:
-        super().startService()
+    def privilegedStartService(self) -> None:
+        Service.privilegedStartService(self)
         with socket.socket(fileno=os.dup(self._fileno)) as listening:
             family = listening.family
         self._port = self._reactor.adoptStreamPort(self._fileno, family, self._factory)
         os.close(self._fileno)  # adoptStreamPort listens on a duplicate
-
-    def stopService(self):
-        super().stopService()
-        if self._port is not None:
-            port, self._port = self._port, None
-            return port.stopListening()
-        return None
 
 
 def build_smtp_worker(config: Config, reactor, number: int, adopted: dict[str, int],
