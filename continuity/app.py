@@ -150,8 +150,8 @@ def _smtp_factory(components: "Components", name: str) -> IProtocolFactory:
     connections = None
     if config.server.smtp_workers:
         # The service (process 0) and its workers accept on one socket: one count per client IP for all.
-        connections = SharedConnectionCounter(config.limits.connections_per_ip, os.path.join(config.data_dir, "run"),
-                                              name, components.process, 1 + config.server.smtp_workers)
+        connections = SharedConnectionCounter(config.limits.connections_per_ip, config.run_root, name,
+                                              components.process, 1 + config.server.smtp_workers)
     policy = InboundPolicy(config, components.sql, components.directory_cache, components.index, components.intake,
                            components.reactor, direct, connections)
     return SMTPServerFactory(policy, config.server.hostname, config.limits, tls_context=components.tls_context,

@@ -91,6 +91,11 @@ class Config:
         return os.path.join(self.server.data_dir, "spool")
 
     @property
+    def run_root(self) -> str:
+        """State of the running processes only (the SMTP listener's shared connection counts)."""
+        return os.path.join(self.server.data_dir, "run")
+
+    @property
     def cs_sent_root(self) -> str:
         """Copies of mail sent during an outage, kept for recovery (:mod:`continuity.failover.cssent`)."""
         return os.path.join(self.server.data_dir, "cs-sent")
