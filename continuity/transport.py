@@ -1,4 +1,8 @@
-"""Writing small replies at once on a plain TCP connection, skipping Twisted's write-on-the-next-turn.
+"""What the protocol servers share about their connections: session ids, and small replies written at once.
+
+:func:`new_session_id` ties one connection's log lines together (SMTP, IMAP, POP3).
+
+:func:`write_now` writes small replies at once on a plain TCP connection, skipping Twisted's write-on-the-next-turn.
 
 Twisted's ``transport.write`` only buffers: the socket is registered for
 writing and the octets are sent on the next turn of the reactor, which then
@@ -14,9 +18,15 @@ take ``write``.
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from twisted.internet import tcp
+
+
+def new_session_id() -> str:
+    """A short random id that ties a session's log lines together."""
+    return secrets.token_hex(5)
 
 
 def write_now(transport: Any, data: bytes) -> None:

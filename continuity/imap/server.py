@@ -55,7 +55,7 @@ from continuity.imap.parser import (
 from continuity.mailstore import InvalidFlags, InvalidMailboxName, MailboxExists, MailboxNotFound, MailstoreError
 from continuity.mailstore import KeywordLimit, MailboxRefused, MessageExpunged
 from continuity.counters import ConnectionCounter
-from continuity.smtp.server import new_session_id
+from continuity.transport import new_session_id
 
 POSTAUTH_TIMEOUT = 30 * 60  # RFC 3501 5.4: at least 30 minutes once logged in
 MAX_LINE = 64 * 1024  # one line of a command

@@ -495,11 +495,7 @@ def read_listed(refs: Sequence[MessageRef]) -> tuple[list[bytes | None], list[in
                 append(None)
                 continue
             try:
-                size = ref.size
-                want = size + 1 if size < _FIRST_READ_LIMIT else _FIRST_READ_LIMIT + 1
-                data = read(fd, want)
-                if len(data) == want:
-                    data += _read_rest(fd)
+                data = _read_to_end(fd, ref.size)
             finally:
                 close(fd)
             append(data)

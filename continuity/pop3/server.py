@@ -34,7 +34,6 @@ byte-stuffing misses a dot at the start of a message or of a chunk, and its
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -54,7 +53,7 @@ from continuity.pop3.lines import RUNAWAY, TOO_LONG, LineBuffer
 from continuity.pop3.maildrop import IMaildrop, Maildrop, MaildropInUse, MessageDeleted, NoSuchMessage, SizeCache
 from continuity.pop3.readahead import READ_AHEAD_BYTES, ReadAhead
 from continuity.pop3.transfer import MessageTransfer, TransferFailed, WriteGate
-from continuity.transport import write_now
+from continuity.transport import new_session_id, write_now
 
 AUTHORIZATION, TRANSACTION, UPDATE = "AUTHORIZATION", "TRANSACTION", "UPDATE"
 #: RFC 1939 3: the autologout timer is at least 10 minutes.
@@ -86,11 +85,6 @@ _COMMANDS: dict[str, tuple[str, tuple[str, ...]]] = {
 
 class StockPathReached(RuntimeError):
     """A ``twisted.mail.pop3`` code path that this server replaces was called."""
-
-
-def new_session_id() -> str:
-    """A short random id that ties a session's log lines together."""
-    return secrets.token_hex(5)
 
 
 class POP3Server(twisted_pop3.POP3):

@@ -21,7 +21,6 @@ RFC 2920 (PIPELINING), RFC 3207 (STARTTLS), RFC 4954 (AUTH), RFC 6152
 from __future__ import annotations
 
 import re
-import secrets
 from typing import Any
 
 import attrs
@@ -40,7 +39,7 @@ from continuity.smtp.auth import MECHANISMS, AuthCommands, LoginExchange, PlainE
 from continuity.smtp.arguments import PathArgument, parse_mail, parse_rcpt
 from continuity.smtp.data import DataReader
 from continuity.smtp.pipeline import COMMAND, DATA, TOO_LONG, CommandPipeline, _TooLong
-from continuity.transport import write_now
+from continuity.transport import new_session_id, write_now
 
 _SIZE = re.compile(r"^[0-9]{1,20}$")
 _COMMANDS = {
@@ -157,11 +156,6 @@ def _is_tls(transport: object) -> bool:
 
 class StockPathReached(RuntimeError):
     """A ``twisted.mail.smtp`` code path that this server replaces was called."""
-
-
-def new_session_id() -> str:
-    """A short random id that ties a session's log lines together."""
-    return secrets.token_hex(5)
 
 
 class SMTPServer(CommandPipeline, AuthCommands, twisted_smtp.ESMTP):
