@@ -220,7 +220,7 @@ def _queue_runner(components: Components, spool, **options) -> tuple:
     index, intake = _intake(components, spool)
     pool = ConnectionPool(clock=reactor, hostname=config.server.hostname,
                           endpoint_factory=hostname_endpoint_factory(reactor), timeout=config.relay.timeout)
-    agents = Agents(config, pool, components.mailstore, components.io.run, components.directory, clock=reactor)
+    agents = Agents(config, pool, components.mailstore, components.io.run, clock=reactor)
     agents.intake = intake
     runner = QueueRunner(reactor, config, components.sql, components.io.run, index, spool, components.directory,
                          agents, **options)

@@ -134,7 +134,7 @@ class DeliveryStack:
         self.intake = MessageIntake(self.clock, self.sql, self.io, self.spool, self.index)
         self.mailstore = MaildirStore(self.config.mail_root, hostname="mx.example.test")
         self.pool = ScriptedPool()
-        self.agents = Agents(self.config, self.pool, self.mailstore, self.io, self.directory, clock=self.clock)
+        self.agents = Agents(self.config, self.pool, self.mailstore, self.io, clock=self.clock)
         self.agents.intake = self.intake
         self.runner = QueueRunner(self.clock, self.config, self.sql, self.io, self.index, self.spool,
                                   self.directory, self.agents, concurrency=concurrency)

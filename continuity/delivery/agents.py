@@ -17,7 +17,7 @@ from twisted.logger import Logger
 
 from continuity.config import Config
 from continuity.delivery.dsn import build_dsn
-from continuity.directory.store import Directory, Domain
+from continuity.directory.store import Domain
 from continuity.envelope import parse_address
 from continuity.mailstore import MaildirStore
 from continuity.smtp.client import DeliveryResult
@@ -57,12 +57,11 @@ class Agents:
     log = Logger()
 
     def __init__(self, config: Config, pool: ConnectionPool, mailstore: MaildirStore, io: Callable,
-                 directory: Directory, mx_resolver=None, clock=None):
+                 mx_resolver=None, clock=None):
         self._config = config
         self._pool = pool
         self._mailstore = mailstore
         self._io = io
-        self._directory = directory
         self._mx = mx_resolver
         self._clock = clock
         self.intake = None  # set by the composition root (DSNs are spooled like any mail)

@@ -12,17 +12,7 @@ import email.utils
 import secrets
 from collections.abc import Sequence
 
-import attrs
-
 from continuity.spool.intake import header_section
-
-
-@attrs.frozen
-class FailedRecipient:
-    recipient: str
-    detail: str  # the remote reply or our reason
-    status: str = "5.0.0"  # RFC 3463
-    remote_mta: str | None = None
 
 
 def _status_of(detail: str) -> str:

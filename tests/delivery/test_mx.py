@@ -41,7 +41,7 @@ def agents():
     factory = server.DNSServerFactory(authorities=ZONES)
     port = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
     resolver = client.Resolver(servers=[("127.0.0.1", port.getHost().port)])
-    yield Agents(config=None, pool=None, mailstore=None, io=None, directory=None, mx_resolver=resolver)
+    yield Agents(config=None, pool=None, mailstore=None, io=None, mx_resolver=resolver)
     port.stopListening()
 
 
