@@ -83,3 +83,8 @@ class ConfigError(Exception):
         super().__init__(f"{key}: {problem}")
         self.key = key
         self.problem = problem
+
+
+class StockPathReached(RuntimeError):
+    """A code path of Twisted's stock protocol (``twisted.mail.smtp``, ``pop3``) that our server replaces was
+    called: a bug of ours, never a peer's doing."""

@@ -46,6 +46,7 @@ from twisted.python.failure import Failure
 from continuity.config import LimitsConfig
 from continuity.counters import ConnectionCounter
 from continuity.directory.cred import Authenticator, Login, LoginFailed, LoginThrottled
+from continuity.errors import StockPathReached
 from continuity.mailstore import MailstoreError, MessageExpunged
 from continuity.pop3 import replies
 from continuity.pop3.arguments import Refusal, decode_base64, decode_plain, parse_line_count, parse_number
@@ -81,10 +82,6 @@ _COMMANDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "DELE": ("do_DELE", (TRANSACTION,)),
     "RSET": ("do_RSET", (TRANSACTION,)),
 }
-
-
-class StockPathReached(RuntimeError):
-    """A ``twisted.mail.pop3`` code path that this server replaces was called."""
 
 
 class POP3Server(twisted_pop3.POP3):

@@ -33,7 +33,7 @@ from zope.interface import Interface
 
 from continuity.config import LimitsConfig
 from continuity.envelope import Address, Envelope, normalise_domain, parse_address
-from continuity.errors import ContinuityError, InvalidAddress
+from continuity.errors import ContinuityError, InvalidAddress, StockPathReached
 from continuity.smtp import codes
 from continuity.smtp.auth import MECHANISMS, AuthCommands, LoginExchange, PlainExchange
 from continuity.smtp.arguments import PathArgument, parse_mail, parse_rcpt
@@ -152,10 +152,6 @@ def _is_tls(transport: object) -> bool:
     provide ISSLTransport too. A plain TCP transport provides neither.
     """
     return ISSLTransport.providedBy(transport)
-
-
-class StockPathReached(RuntimeError):
-    """A ``twisted.mail.smtp`` code path that this server replaces was called."""
 
 
 class SMTPServer(CommandPipeline, AuthCommands, twisted_smtp.ESMTP):

@@ -9,7 +9,8 @@ from twisted.logger import globalLogPublisher
 
 from continuity.envelope import parse_address
 from continuity.mailstore import MailstoreError
-from continuity.pop3.server import MIN_IDLE_TIMEOUT, StockPathReached
+from continuity.errors import StockPathReached
+from continuity.pop3.server import MIN_IDLE_TIMEOUT
 
 from .conftest import ADDRESS, PASSWORD, Client
 
