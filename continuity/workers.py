@@ -77,10 +77,6 @@ class Lines:
             self._buffer, self._dropping = b"", True
 
 
-def one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
 # -- the parent side ----------------------------------------------------------
 
 
@@ -222,7 +218,8 @@ class _Parent(protocol.Protocol):
         d: Deferred[None] = Deferred()
         self._waiting.setdefault(name, []).append(d)
         d.addTimeout(self.wait, self._reactor, onTimeoutCancel=lambda result, timeout: None)
-        self.transport.write(f"failed {name} {one_line(reason)}\n".encode("utf-8"))
+        reason = " ".join(reason.split())  # one line on the pipe
+        self.transport.write(f"failed {name} {reason}\n".encode("utf-8"))
         return d
 
     def dataReceived(self, data: bytes) -> None:
