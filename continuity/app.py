@@ -209,22 +209,24 @@ def _factory_builders() -> dict[str, FactoryBuilder]:
             "http": _http_factory}
 
 
-def _queue_runner(components: Components, spool, **options) -> tuple:
-    """The index, intake, connection pool and queue runner over ``spool``; new mail goes to the runner at once."""
+def _queue_runner(components: Components, spool, root: MultiService, endpoints, **options) -> tuple:
+    """The index, intake, connection pool (over ``endpoints``) and queue runner over ``spool``; the pool and
+    the runner are children of ``root``, the runner stopped first. New mail goes to the runner at once."""
     from continuity.delivery.agents import Agents
     from continuity.delivery.runner import QueueRunner
-    from continuity.smtp.client import hostname_endpoint_factory
     from continuity.smtp.pool import ConnectionPool
 
     config, reactor = components.config, components.reactor
     index, intake = _intake(components, spool)
-    pool = ConnectionPool(clock=reactor, hostname=config.server.hostname,
-                          endpoint_factory=hostname_endpoint_factory(reactor), timeout=config.relay.timeout)
+    pool = ConnectionPool(clock=reactor, hostname=config.server.hostname, endpoint_factory=endpoints,
+                          timeout=config.relay.timeout)
     agents = Agents(config, pool, components.mailstore, components.io.run, clock=reactor)
     agents.intake = intake
     runner = QueueRunner(reactor, config, components.sql, components.io.run, index, spool, components.directory,
                          agents, **options)
     intake.kick, intake.claim = runner.kick, runner.claim_new
+    _ClosePool(pool).setServiceParent(root)
+    runner.setServiceParent(root)
     return intake, pool, runner
 
 
@@ -252,8 +254,8 @@ def _delivery(components: Components, root: MultiService):
     io, mailstore = components.io, components.mailstore
     spool = MessageSpool(config.spool_root)
     spool.prepare()
-    intake, pool, runner = _queue_runner(components, spool)
     endpoints_for = hostname_endpoint_factory(reactor)
+    intake, pool, runner = _queue_runner(components, spool, root, endpoints_for)
     recovery = Recovery(components.sql, io.run, components.directory,
                         RecoveryJournal(components.db, reactor.seconds), mailstore, pool, components.sent_copies)
 
@@ -286,9 +288,7 @@ def _delivery(components: Components, root: MultiService):
 
     # Stopped in the reverse order (ServiceStack): the monitor, then the runner's
     # deliveries in flight, then the pool they use.
-    _ClosePool(pool).setServiceParent(root)
     _Startup().setServiceParent(root)
-    runner.setServiceParent(root)
     monitor.setServiceParent(root)
     return monitor
 
@@ -368,16 +368,15 @@ def build_smtp_worker(config: Config, reactor, number: int, adopted: dict[str, i
     policies, spool and index, and a queue runner that delivers what they accept (claimed in the transaction
     that indexes it). It runs no queue passes: retries are the service process's. ``failover`` stands in for
     the service's failover monitor (an upstream's temporary failure is reported to it)."""
+    from continuity.smtp.client import hostname_endpoint_factory
     from continuity.spool.store import MessageSpool
 
     root = ServiceStack()
     components = _components(config, reactor, root)
     components.process = number
     spool = MessageSpool(config.spool_root)  # the service process prepared it
-    intake, pool, runner = _queue_runner(components, spool, passes=False)
+    intake, _, runner = _queue_runner(components, spool, root, hostname_endpoint_factory(reactor), passes=False)
     runner.failover = failover
-    _ClosePool(pool).setServiceParent(root)
-    runner.setServiceParent(root)
     for name, fileno in adopted.items():
         AdoptedListener(name, fileno, protocol_factory(components, name), reactor).setServiceParent(root)
     return root, components
