@@ -21,12 +21,13 @@ STATUSES = ("received", "relayed", "deferred", "delayed", "redelivered", "delete
 
 
 def create(conn: sqlite3.Connection, *, queue_id: str | None, message_id: str | None, sender: str,
-           recipient: str, direction: str, status: str, now: float, detail: str | None = None) -> int:
+           recipient: str, direction: str, status: str, now: float, detail: str | None = None,
+           mailbox_ref: str | None = None) -> int:
     """A new tracking row with its first event; returns its id."""
     cursor = conn.execute(
-        "INSERT INTO tracking (queue_id, message_id, sender, recipient, direction, status, time)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (queue_id, message_id, sender, recipient, direction, status, now),
+        "INSERT INTO tracking (queue_id, message_id, sender, recipient, direction, status, time, mailbox_ref)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (queue_id, message_id, sender, recipient, direction, status, now, mailbox_ref),
     )
     tracking_id = cursor.lastrowid
     conn.execute("INSERT INTO tracking_events (tracking_id, time, status, detail) VALUES (?, ?, ?, ?)",
@@ -37,11 +38,8 @@ def create(conn: sqlite3.Connection, *, queue_id: str | None, message_id: str | 
 def record(conn: sqlite3.Connection, tracking_id: int, status: str, now: float, detail: str | None = None,
            mailbox_ref: str | None = None) -> None:
     """Append an event and make it the row's current status."""
-    if mailbox_ref is not None:
-        conn.execute("UPDATE tracking SET status = ?, time = ?, mailbox_ref = ? WHERE id = ?",
-                     (status, now, mailbox_ref, tracking_id))
-    else:
-        conn.execute("UPDATE tracking SET status = ?, time = ? WHERE id = ?", (status, now, tracking_id))
+    conn.execute("UPDATE tracking SET status = ?, time = ?, mailbox_ref = COALESCE(?, mailbox_ref) WHERE id = ?",
+                 (status, now, mailbox_ref, tracking_id))
     conn.execute("INSERT INTO tracking_events (tracking_id, time, status, detail) VALUES (?, ?, ?, ?)",
                  (tracking_id, now, status, detail))
 

@@ -94,10 +94,9 @@ def record_cs_sent_tracking(db: Database, queue_id: str, message_id: str | None,
                             now: float) -> None:
     """A tracking row for the CS-SENT copy, ``delayed`` until recovery redelivers it."""
     with db.transaction() as conn:
-        tracking_id = tracking.create(conn, queue_id=queue_id, message_id=message_id, sender=sender,
-                                      recipient=address, direction="inbound", status="delayed", now=now,
-                                      detail="CS-SENT copy kept for the upstream until recovery")
-        conn.execute("UPDATE tracking SET mailbox_ref = ? WHERE id = ?", (cs_sent_ref(queue_id), tracking_id))
+        tracking.create(conn, queue_id=queue_id, message_id=message_id, sender=sender, recipient=address,
+                        direction="inbound", status="delayed", now=now,
+                        detail="CS-SENT copy kept for the upstream until recovery", mailbox_ref=cs_sent_ref(queue_id))
 
 
 def cs_sent_ref(queue_id: str) -> str:

@@ -73,8 +73,7 @@ class RecoveryJournal:
         return rows[0][0] if rows else None
 
     def mark(self, domain: str, address: str, kind: str, key: str, state: str) -> None:
-        with self.db.transaction() as conn:
-            self._mark(conn, domain, address, kind, key, state)
+        self.mark_many(domain, address, kind, [key], state)
 
     def _mark(self, conn, domain: str, address: str, kind: str, key: str, state: str) -> None:
         conn.execute(
