@@ -381,13 +381,10 @@ def cmd_queue_flush(ctx: Context, args: argparse.Namespace) -> None:
     """Deferred mail is retried now (held mail waits for its domain's recovery)."""
     import time as _time
 
+    from continuity.spool.index import QueueIndex
+
     domain = ctx.directory.get_domain(args.domain).name if args.domain else None
-    with ctx.db.transaction() as conn:
-        sql = "UPDATE queue SET state = 'queued', next_attempt = ? WHERE state = 'deferred'"
-        params: tuple = (_time.time(),)
-        if domain is not None:
-            sql, params = sql + " AND domain = ?", (*params, domain)
-        count = conn.execute(sql, params).rowcount
+    count = QueueIndex(ctx.db).release_all(domain, _time.time(), states=("deferred",))
     ctx.emit(args, {"flushed": count}, lambda: f"{count} deferred recipient(s) will be retried now")
 
 

@@ -227,12 +227,12 @@ class QueueIndex:
                 " AND queue_id IN (SELECT queue_id FROM messages WHERE received < ?)", (now, now, started))
             return cursor.rowcount
 
-    def release_all(self, domain: str | None, now: float) -> int:
+    def release_all(self, domain: str | None, now: float, states: Sequence[str] = ("deferred", "held")) -> int:
+        """Make every recipient in ``states`` (of ``domain``, or of all) due now; return how many."""
+        marks = ",".join("?" * len(states))
+        sql = f"UPDATE queue SET state = 'queued', next_attempt = ? WHERE state IN ({marks})"
+        params: tuple = (now, *states)
+        if domain is not None:
+            sql, params = sql + " AND domain = ?", (*params, domain)
         with self.db.transaction() as conn:
-            if domain is None:
-                cursor = conn.execute("UPDATE queue SET state = 'queued', next_attempt = ?"
-                                      " WHERE state IN ('deferred', 'held')", (now,))
-            else:
-                cursor = conn.execute("UPDATE queue SET state = 'queued', next_attempt = ?"
-                                      " WHERE state IN ('deferred', 'held') AND domain = ?", (now, domain))
-            return cursor.rowcount
+            return conn.execute(sql, params).rowcount
