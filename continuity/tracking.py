@@ -66,10 +66,15 @@ def query(db: Database, *, sender: str | None = None, recipient: str | None = No
         params.append(status)
     clause = f"WHERE {' AND '.join(where)}" if where else ""
     rows = db.read(f"SELECT * FROM tracking {clause} ORDER BY time DESC, id DESC LIMIT ?", (*params, limit))
+    events_of: dict[int, list] = {row["id"]: [] for row in rows}
+    if events_of:  # one query for the events of every row, not one per row
+        marks = ",".join("?" * len(events_of))
+        for event in db.read(f"SELECT tracking_id, time, status, detail FROM tracking_events"
+                             f" WHERE tracking_id IN ({marks}) ORDER BY id", tuple(events_of)):
+            events_of[event["tracking_id"]].append(event)
     result = []
     for row in rows:
-        events = db.read("SELECT time, status, detail FROM tracking_events WHERE tracking_id = ? ORDER BY id",
-                         (row["id"],))
+        events = events_of[row["id"]]
         result.append({
             "queue_id": row["queue_id"],
             "message_id": row["message_id"],
