@@ -34,7 +34,7 @@ import re
 FRAGMENT = 64 * 1024
 #: Octets of text a message line may have, without its CRLF.
 LINE_LIMIT = 2048
-_LONG_LINE = re.compile(rb"[^\r\n]{%d}" % (LINE_LIMIT + 1))
+_LONG_LINE = re.compile(rb"(?<![^\n])[^\r\n]{%d}" % (LINE_LIMIT + 1))  # from line starts only: one pass
 _FIELD_NAME = re.compile(rb"^[!-9;-~]+$")  # RFC 5322 3.6.8 ftext
 
 
