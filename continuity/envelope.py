@@ -5,6 +5,9 @@ through :func:`parse_address`. It accepts a dot-atom local part (UTF-8 allowed,
 RFC 6531) at a domain that is normalised to lower-case IDNA A-labels, and refuses
 what could smuggle a path or a relay: CR, LF, NUL, ``/``, ``..``, quoted local
 parts, source routes and the ``%`` / ``!`` relay hacks.
+
+Also a message's header section and its ``Message-ID`` (:func:`message_id_of`),
+read by the intake, submission, DSNs and CS-SENT copies.
 """
 
 from __future__ import annotations
@@ -126,3 +129,26 @@ class Envelope:
     smtputf8: bool = False
     declared_size: int | None = None
     mail_parameters: tuple[tuple[str, str | None], ...] = attrs.field(default=(), converter=tuple)
+
+
+# -- message ids -------------------------------------------------------------------
+
+HEADER_LIMIT = 65536
+_MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(.*?)\r?$", re.IGNORECASE | re.MULTILINE)
+
+
+def header_section(message: bytes, limit: int = HEADER_LIMIT) -> bytes:
+    """The header section of ``message`` (up to the first empty line, at most ``limit`` bytes)."""
+    head = message[:limit]
+    for separator in (b"\r\n\r\n", b"\n\n"):
+        end = head.find(separator)
+        if end != -1:
+            return head[:end + len(separator) // 2]
+    return head
+
+
+def message_id_of(message: bytes) -> str | None:
+    match = _MESSAGE_ID.search(header_section(message))
+    if not match:
+        return None
+    return match.group(1).strip().decode("utf-8", "replace")[:200] or None

@@ -12,7 +12,7 @@ import email.utils
 import secrets
 from collections.abc import Sequence
 
-from continuity.spool.intake import header_section
+from continuity.envelope import header_section
 
 
 def _status_of(detail: str) -> str:

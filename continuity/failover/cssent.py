@@ -19,7 +19,7 @@ from collections.abc import Iterable
 
 from continuity import tracking
 from continuity.db import Database
-from continuity.spool.intake import header_section
+from continuity.envelope import header_section
 from continuity.spool.store import MessageSpool, SpoolEnvelope
 
 PREFIX = b"(CS-SENT)"

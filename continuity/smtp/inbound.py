@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import ipaddress
 
 from twisted.logger import Logger
@@ -22,11 +23,11 @@ from continuity.counters import ConnectionCounter
 from continuity.db import SQLThread
 from continuity.delivery.direct import DirectDelivery
 from continuity.directory.cache import DirectoryCache
-from continuity.envelope import Address, Envelope
+from continuity.envelope import HEADER_LIMIT, Address, Envelope, message_id_of
 from continuity.smtp.codes import SMTPReply
 from continuity.smtp.server import ISMTPPolicy, Session
 from continuity.spool.index import QueueIndex
-from continuity.spool.intake import HEADER_LIMIT, MessageIntake, message_id_of, received_header
+from continuity.spool.intake import MessageIntake
 from continuity.spool.store import new_queue_id
 
 
@@ -43,6 +44,17 @@ class ConnectionLimit:
 
     def release(self, session: Session) -> None:
         self._open.release(session.peer_ip)
+
+
+def received_header(*, hostname: str, helo: str | None, client_ip: str | None, protocol: str, queue_id: str,
+                    recipient: str | None, now: float) -> bytes:
+    """Our trace header (RFC 5321 4.4): ``from`` the client, ``by`` us, ``with`` the protocol."""
+    source = f"{helo or 'unknown'} ([{client_ip}])" if client_ip else (helo or "localhost")
+    for_clause = f"\r\n\tfor <{recipient}>" if recipient else ""
+    date = email.utils.formatdate(now, localtime=False)
+    text = f"Received: from {source}\r\n\tby {hostname} (continuity) with {protocol} id {queue_id}{for_clause};" \
+           f"\r\n\t{date}\r\n"
+    return text.encode("utf-8", "replace")
 
 
 def trace_header(session: Session, queue_id: str, recipients: list[str], now: float) -> bytes:

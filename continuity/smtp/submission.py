@@ -34,13 +34,13 @@ from continuity.db import SQLThread
 from continuity.directory.cache import DirectoryCache
 from continuity.directory.cred import Authenticator, IMailUser, LoginFailed, LoginThrottled
 from continuity.directory.store import Directory, User
-from continuity.envelope import Address, Envelope, parse_address
+from continuity.envelope import Address, Envelope, header_section, message_id_of, parse_address
 from continuity.errors import InvalidAddress
 from continuity.failover.cssent import SentCopies, record_cs_sent_tracking
 from continuity.smtp.codes import SMTPReply, TemporaryFailure
 from continuity.smtp.inbound import ConnectionLimit, directions_of, trace_header
 from continuity.smtp.server import ISMTPPolicy, Session
-from continuity.spool.intake import MessageIntake, header_section, message_id_of
+from continuity.spool.intake import MessageIntake
 from continuity.spool.store import new_queue_id
 
 HOUR = 3600.0

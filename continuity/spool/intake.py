@@ -8,8 +8,6 @@ CS-SENT copies all come through here.
 
 from __future__ import annotations
 
-import email.utils
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,44 +17,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from continuity.db import SQLThread
+from continuity.envelope import HEADER_LIMIT, message_id_of
 from continuity.spool.index import QueueEntry, QueueIndex
 from continuity.spool.store import MessageSpool, SpoolEnvelope, new_queue_id
 
 log = Logger()
-_MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(.*?)\r?$", re.IGNORECASE | re.MULTILINE)
 
 
-HEADER_LIMIT = 65536
 # Messages up to this size are handed to the queue runner from memory.
 HANDOFF_LIMIT = 1024 * 1024
-
-
-def header_section(message: bytes, limit: int = HEADER_LIMIT) -> bytes:
-    """The header section of ``message`` (up to the first empty line, at most ``limit`` bytes)."""
-    head = message[:limit]
-    for separator in (b"\r\n\r\n", b"\n\n"):
-        end = head.find(separator)
-        if end != -1:
-            return head[:end + len(separator) // 2]
-    return head
-
-
-def message_id_of(message: bytes) -> str | None:
-    match = _MESSAGE_ID.search(header_section(message))
-    if not match:
-        return None
-    return match.group(1).strip().decode("utf-8", "replace")[:200] or None
-
-
-def received_header(*, hostname: str, helo: str | None, client_ip: str | None, protocol: str, queue_id: str,
-                    recipient: str | None, now: float) -> bytes:
-    """Our trace header (RFC 5321 4.4): ``from`` the client, ``by`` us, ``with`` the protocol."""
-    source = f"{helo or 'unknown'} ([{client_ip}])" if client_ip else (helo or "localhost")
-    for_clause = f"\r\n\tfor <{recipient}>" if recipient else ""
-    date = email.utils.formatdate(now, localtime=False)
-    text = f"Received: from {source}\r\n\tby {hostname} (continuity) with {protocol} id {queue_id}{for_clause};" \
-           f"\r\n\t{date}\r\n"
-    return text.encode("utf-8", "replace")
 
 
 def _raise(failure: Failure) -> None:

@@ -11,7 +11,9 @@ from twisted.internet.task import Clock
 
 from continuity.db import Database
 from continuity.spool.index import QueueIndex
-from continuity.spool.intake import MessageIntake, header_section, message_id_of, received_header
+from continuity.envelope import header_section, message_id_of
+from continuity.smtp.inbound import received_header
+from continuity.spool.intake import MessageIntake
 from continuity.spool.store import MessageSpool
 from continuity.testing.inline import InlineThread
 
