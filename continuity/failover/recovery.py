@@ -214,18 +214,8 @@ class Recovery:
         except Exception:
             return 0  # expunged meanwhile: nothing to send
         sender, message = split_delivery_headers(data)
-        await self._sql.run(self._journal.mark, domain, address, "inbox", ref.base, "sending")
-        result = await self._pool.deliver(upstream, sender, [address], message)
-        reply = result.recipients[0]
-        if reply.temporary:
-            return None
-        if reply.permanent:
-            self.log.warn("upstream refused redelivery of {base} to {address}: {reply}; kept locally",
-                          base=ref.base, address=address, reply=str(reply))
-            return 0
-        await self._sql.run(self._journal.sent, domain, address, "inbox", ref.base, f"{address}/{ref.base}",
-                            f"{result.upstream} said: {reply}")
-        return 1
+        return await self._relay(domain, upstream, address, "inbox", ref.base, f"{address}/{ref.base}", sender,
+                                 message, f"redelivery of {ref.base}", "")
 
     async def _redeliver_copy(self, domain: str, upstream: str, envelope: SpoolEnvelope) -> int | None:
         """Relay one CS-SENT copy to its user; 1 sent, 0 skipped, None on a temporary failure."""
@@ -239,19 +229,28 @@ class Recovery:
             message = prefix_subject(await self._io(self._sent_copies.read, key))
         except FileNotFoundError:
             return 0
-        await self._sql.run(self._journal.mark, domain, address, "cs-sent", key, "sending")
-        result = await self._pool.deliver(upstream, envelope.sender, [address], message)
+        sent = await self._relay(domain, upstream, address, "cs-sent", key, cs_sent_ref(key), envelope.sender,
+                                 message, f"the CS-SENT copy {key}", "CS-SENT copy: ")
+        if sent:
+            await self._io(self._sent_copies.remove, key)
+            await self._sql.run(self._journal.mark, domain, address, "cs-sent", key, "removed")
+        return sent
+
+    async def _relay(self, domain: str, upstream: str, address: str, kind: str, key: str, ref: str, sender: str,
+                     message: bytes, what: str, detail_prefix: str) -> int | None:
+        """Journal ``sending``, relay to the user's upstream mailbox, journal ``sent`` (tracking ``redelivered``
+        by ``ref``): 1 sent, 0 refused for good (kept locally), None on a temporary failure."""
+        await self._sql.run(self._journal.mark, domain, address, kind, key, "sending")
+        result = await self._pool.deliver(upstream, sender, [address], message)
         reply = result.recipients[0]
         if reply.temporary:
             return None
         if reply.permanent:
-            self.log.warn("upstream refused the CS-SENT copy {key} for {address}: {reply}; kept locally",
-                          key=key, address=address, reply=str(reply))
+            self.log.warn("upstream refused {what} to {address}: {reply}; kept locally", what=what,
+                          address=address, reply=str(reply))
             return 0
-        await self._sql.run(self._journal.sent, domain, address, "cs-sent", key, cs_sent_ref(key),
-                            f"CS-SENT copy: {result.upstream} said: {reply}")
-        await self._io(self._sent_copies.remove, key)
-        await self._sql.run(self._journal.mark, domain, address, "cs-sent", key, "removed")
+        await self._sql.run(self._journal.sent, domain, address, kind, key, ref,
+                            f"{detail_prefix}{result.upstream} said: {reply}")
         return 1
 
     async def _settle_tracking(self, domain: str) -> None:
