@@ -516,6 +516,10 @@ class SharedState:
     watcher: FolderWatcher
     user_connections: ConnectionCounter  # by (address, client IP), like Dovecot's mail_max_userip_connections
 
+    @classmethod
+    def new(cls, clock: IReactorTime, run: Callable[..., defer.Deferred], store: Any) -> "SharedState":
+        return cls(FolderWatcher(clock, run, store), ConnectionCounter(MAX_USER_IP_CONNECTIONS))
+
 
 _SHARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -531,7 +535,7 @@ def shared_state(realm: Any, store: Any, run: Callable[..., defer.Deferred], clo
             return run(store.ensure_mailbox, address).addCallback(lambda _: Account(address))
 
         realm.register(IMAPAccount, account)
-        shared = _SHARED[realm] = SharedState(FolderWatcher(clock, run, store), ConnectionCounter(MAX_USER_IP_CONNECTIONS))
+        shared = _SHARED[realm] = SharedState.new(clock, run, store)
     return shared
 
 
@@ -557,7 +561,7 @@ class IMAPServerFactory(protocol.ServerFactory):
         self.tls_context = tls_context
         self.clock = clock
         if shared is None:
-            shared = SharedState(FolderWatcher(clock, run, store), ConnectionCounter(MAX_USER_IP_CONNECTIONS))
+            shared = SharedState.new(clock, run, store)
         self.watcher = shared.watcher
         self.user_connections = shared.user_connections
         self.implicit_tls = implicit_tls
