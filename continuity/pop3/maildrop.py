@@ -69,10 +69,6 @@ class SizeCache:
         self._sizes: collections.OrderedDict[str, int] = collections.OrderedDict()  # size * 2 + plain
         self._lock = threading.Lock()
 
-    def size_of(self, store: MaildirStore, ref: MessageRef) -> int:
-        """The wire size of ``ref`` (blocking: reads the file when it is not known)."""
-        return self.lookup(store, ref)[0]
-
     def lookup(self, store: MaildirStore, ref: MessageRef) -> tuple[int, bool]:
         """The wire size of ``ref`` and whether it is plain (blocking: reads the file when it is not known)."""
         known = self._known(ref.base)

@@ -10,7 +10,7 @@ LF, or right before a line's dot).
 
 RFC 1939 5 (LIST) and 11 ask for the exact size of the message as it will be
 sent, before byte-stuffing and without the final ``.<CRLF>``;
-:func:`measure` counts it with the same encoder, so what LIST says is what
+:func:`survey` counts it with the same encoder, so what LIST says is what
 RETR sends. :class:`TopCut` picks the part of a message that ``TOP msg n``
 sends (RFC 1939 7): the header, the empty line after it and ``n`` lines of
 the body.
@@ -112,11 +112,6 @@ class TopCut:
             if self._lines_left == 0:
                 self.done = True
                 return chunk[:position]
-
-
-def measure(handle: BinaryIO) -> int:
-    """The RFC 1939 size of the message in ``handle`` (read to its end; blocking)."""
-    return survey(handle)[0]
 
 
 def survey(handle: BinaryIO) -> tuple[int, bool]:

@@ -88,7 +88,7 @@ def test_size_cache_uses_dovecot_virtual_size_field(store, tmp_path):
 
     ref = MessageRef(address=parse_address(ADDRESS), folder=None, uid=1, base="1.M1P1.host,S=10,W=12",
                      path=str(tmp_path / "missing"), flags="", size=10, internal_date=0, modseq=None, recent=False)
-    assert SizeCache().size_of(store, ref) == 12
+    assert SizeCache().lookup(store, ref)[0] == 12
     assert SizeCache().lookup(store, ref) == (12, False)  # not read: not known to be plain
 
 
@@ -130,9 +130,9 @@ def test_size_cache_measures_once(store, deliver, monkeypatch):
     """A measured size is remembered by base name: the file is not read again."""
     (ref,) = deliver(b"x\n")
     cache = SizeCache()
-    assert cache.size_of(store, ref) == 3
+    assert cache.lookup(store, ref)[0] == 3
     monkeypatch.setattr(store, "open_message", lambda ref: 1 / 0)
-    assert cache.size_of(store, ref) == 3
+    assert cache.lookup(store, ref)[0] == 3
 
 
 def test_size_cache_is_bounded(store, deliver):
@@ -140,5 +140,5 @@ def test_size_cache_is_bounded(store, deliver):
     refs = deliver(b"a\n", b"b\n", b"c\n")
     cache = SizeCache(entries=2)
     for ref in refs:
-        cache.size_of(store, ref)
+        cache.lookup(store, ref)[0]
     assert len(cache._sizes) == 2

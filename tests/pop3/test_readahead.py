@@ -8,7 +8,7 @@ from twisted.internet import task
 
 from continuity.pop3.readahead import ReadAhead
 from continuity.pop3.server import POP3ServerFactory
-from continuity.pop3.wire import encode_message, measure
+from continuity.pop3.wire import encode_message, survey
 from continuity.testing.inline import InlineThread, QueuedThread
 
 from .conftest import ADDRESS, PASSWORD, Client, TLSCapableTransport, limits
@@ -37,7 +37,7 @@ def session(authenticator, pool=None, read_ahead_bytes: int = 1024 * 1024, trans
 
 def retr_reply(message: bytes) -> bytes:
     """What RETR of ``message`` answers: its RFC 1939 size, then the message in multi-line form."""
-    return b"+OK %d octets\r\n" % measure(io.BytesIO(message)) + encode_message(message)
+    return b"+OK %d octets\r\n" % survey(io.BytesIO(message))[0] + encode_message(message)
 
 
 def test_messages_read_in_order_are_answered_from_memory(authenticator, deliver):
