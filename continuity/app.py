@@ -137,6 +137,15 @@ class Listener(Service):
     def port(self) -> IListeningPort | None:
         return self._port
 
+    def pause(self) -> None:
+        """Accept no connections (they wait in the socket's backlog, for another process sharing it)."""
+        if self._port is not None:
+            self._port.stopReading()
+
+    def resume(self) -> None:
+        if self._port is not None and self.running:
+            self._port.startReading()
+
 
 def _smtp_factory(components: "Components", name: str) -> IProtocolFactory:
     from continuity.counters import SharedConnectionCounter
@@ -209,7 +218,7 @@ def _factory_builders() -> dict[str, FactoryBuilder]:
             "http": _http_factory}
 
 
-def _queue_runner(components: Components, spool, root: MultiService, endpoints, **options) -> tuple:
+def _queue_runner(components: Components, spool, root: MultiService, endpoints) -> tuple:
     """The index, intake, connection pool (over ``endpoints``) and queue runner over ``spool``; the pool and
     the runner are children of ``root``, the runner stopped first. New mail goes to the runner at once."""
     from continuity.delivery.agents import Agents
@@ -223,7 +232,7 @@ def _queue_runner(components: Components, spool, root: MultiService, endpoints, 
     agents = Agents(config, pool, components.mailstore, components.io.run, clock=reactor)
     agents.intake = intake
     runner = QueueRunner(reactor, config, components.sql, components.io.run, index, spool, components.directory,
-                         agents, **options)
+                         agents)
     intake.kick, intake.claim = runner.kick, runner.claim_new
     _ClosePool(pool).setServiceParent(root)
     runner.setServiceParent(root)
@@ -243,7 +252,7 @@ class _ClosePool(Service):
         return Deferred.fromCoroutine(self._pool.close())
 
 
-def _delivery(components: Components, root: MultiService):
+def _delivery(components: Components, root: MultiService) -> None:
     """Spool, queue runner, agents, failover monitor and recovery."""
     from continuity.failover.monitor import FailoverMonitor, probe_recipient
     from continuity.failover.recovery import Recovery, RecoveryJournal
@@ -290,7 +299,6 @@ def _delivery(components: Components, root: MultiService):
     # deliveries in flight, then the pool they use.
     _Startup().setServiceParent(root)
     monitor.setServiceParent(root)
-    return monitor
 
 
 def _intake(components: Components, spool) -> tuple:
@@ -363,20 +371,17 @@ class AdoptedListener(Listener):
 
 
 def build_smtp_worker(config: Config, reactor, number: int, adopted: dict[str, int],
-                      failover) -> tuple[MultiService, Components]:
+                      handoff: Callable[[str], None]) -> tuple[MultiService, Components]:
     """An SMTP worker process (:mod:`continuity.workers`): the listeners in ``adopted`` (name -> fd) with their
-    policies, spool and index, and a queue runner that delivers what they accept (claimed in the transaction
-    that indexes it). It runs no queue passes: retries are the service process's. ``failover`` stands in for
-    the service's failover monitor (an upstream's temporary failure is reported to it)."""
-    from continuity.smtp.client import hostname_endpoint_factory
+    policies and the spool. Each message it acknowledges goes to ``handoff(queue_id)`` once durable: the
+    service process indexes and delivers it. Only emergency mode's direct delivery writes mailboxes here."""
     from continuity.spool.store import MessageSpool
 
     root = ServiceStack()
     components = _components(config, reactor, root)
     components.process = number
-    spool = MessageSpool(config.spool_root)  # the service process prepared it
-    intake, _, runner = _queue_runner(components, spool, root, hostname_endpoint_factory(reactor), passes=False)
-    runner.failover = failover
+    _, intake = _intake(components, MessageSpool(config.spool_root))  # the service process prepared it
+    intake.handoff = handoff
     for name, fileno in adopted.items():
         AdoptedListener(name, fileno, protocol_factory(components, name), reactor).setServiceParent(root)
     return root, components
@@ -388,7 +393,7 @@ def build_service(config: Config, reactor) -> MultiService:
     components = _components(config, reactor, root)
     # Only here: preparing removes half-written files, which in an SMTP worker could be this process's.
     components.sent_copies.prepare()
-    monitor = _delivery(components, root)
+    _delivery(components, root)
     listeners: dict[str, Listener] = {}
     for name in LISTENERS:
         description = config.listen[name]
@@ -406,8 +411,8 @@ def build_service(config: Config, reactor) -> MultiService:
         from continuity.workers import SMTPWorkers
 
         # Added after the listeners: started once they listen, stopped before them.
-        workers = SMTPWorkers(reactor, config.path, config.server.smtp_workers,
-                              {"smtp": lambda: listeners["smtp"].port.fileno()}, monitor.upstream_failed)
+        workers = SMTPWorkers(reactor, config.path, config.server.smtp_workers, {"smtp": listeners["smtp"]},
+                              components.intake.adopt)
         workers.setServiceParent(root)
         components.directory_changed.append(workers.directory_changed)
     log.info("continuity starting as {hostname}, data in {data_dir}",

@@ -1,39 +1,37 @@
 """SMTP worker processes: more than one core for inbound mail (``[server] smtp_workers``).
 
-One reactor runs Python on one core at a time. Accepting a message (the SMTP
-dialogue, the spool write, its index rows) and delivering it (the queue
-runner, the SMTP client) then share that core, and reaching Postfix's rate on
-a 2-core machine needs both. So the service process starts ``smtp_workers``
-child processes that accept on the same listening socket as itself (the
-kernel gives each connection to whichever process accepts first), run the
-same MX policy, spool and index over the same ``data_dir``, and deliver what
-they accept with a queue runner of their own (the new recipients are claimed
-in the transaction that indexes them, so no other runner takes them). Queue
-passes and retries, failover, recovery, IMAP, POP3 and submission stay in the
-service process; a worker's runner runs no passes.
+One reactor runs Python on one core at a time. Taking a message in (the SMTP
+dialogue and the spool write) and delivering it (the index, the queue runner,
+the SMTP client) then share that core, and reaching Postfix's rate on a
+2-core machine needs both. So the service process starts ``smtp_workers``
+child processes that accept on the service's listening socket and run the
+same MX policy, and divides the work as Postfix does between ``smtpd`` and
+``qmgr``: a worker writes each message's spool file durably, answers ``250``
+and hands the queue id over; the service process indexes the file, claims it
+and delivers it. The store then has one writer for the mail flow (emergency
+mode's direct delivery and rejected recipients' tracking rows excepted), so
+no process waits for another's write lock or re-reads pages another wrote.
+While a worker is ready the service accepts no SMTP connection of its own;
+when none is (all ended, before the first is up) it accepts them itself.
 
 The parent and a worker talk in lines over pipes:
 
-- worker fd 3 -> parent: ``failed DOMAIN REASON`` when an upstream's temporary
-  failure should switch an auto-activation domain to emergency. The parent's
-  failover monitor switches it, as for a failure of its own deliveries.
-- parent -> worker stdin: ``stored DOMAIN`` once that mode is in the store (the
-  worker then routes the message again, now to the continuity mailboxes);
-  ``clear`` when a mode switch of ours landed (the worker's directory cache
-  must not answer with the old mode); EOF when the parent is gone, and the
-  worker stops.
+- worker fd 3 -> parent: ``ready`` once it accepts; ``spooled QUEUE_ID`` for
+  each message it acknowledged (the parent indexes and delivers it,
+  :meth:`~continuity.spool.intake.MessageIntake.adopt`).
+- parent -> worker stdin: ``clear`` when a mode switch of ours landed (the
+  worker's directory cache must not answer with the old mode); EOF when the
+  parent is gone, and the worker stops.
 - worker stdout and stderr: log lines, logged again by the parent.
 
-A worker is killed when the parent dies (``PR_SET_PDEATHSIG``), so a killed
-service never leaves a worker holding its port or delivering mail whose claim
-the next start releases (what the worker had acknowledged is durable, what it
-had not, the client sends again). The parent restarts a
-worker that exits while the service runs, and stops them all (SIGTERM, then
-SIGKILL after :attr:`SMTPWorkers.stop_timeout`) before its own listeners. Mail a
-worker claimed and could not deliver before it ended is retried by the
-service's queue passes once the claim lapses (it lasts as long as an attempt
-can, :data:`~continuity.delivery.runner.ATTEMPT_TIMEOUTS`), or at once when the
-service starts again.
+A file whose ``spooled`` line the parent never read (it was stopping, or
+killed) is indexed at the next start, as after a crash
+(:meth:`~continuity.spool.intake.MessageIntake.recover_spool`): what a worker
+acknowledged is durable, what it had not, the client sends again. A worker is
+killed when the parent dies (``PR_SET_PDEATHSIG``), so a killed service never
+leaves a worker holding its port. The parent restarts a worker that exits
+while the service runs, and stops them all (SIGTERM, then SIGKILL after
+:attr:`SMTPWorkers.stop_timeout`) before its own listeners.
 """
 
 from __future__ import annotations
@@ -99,10 +97,10 @@ class _Worker(protocol.ProcessProtocol):
 
     def _report(self, line: str) -> None:
         kind, _, rest = line.partition(" ")
-        domain, _, reason = rest.partition(" ")
-        if kind == "failed" and domain:
-            self.pool.upstream_failed(domain, f"{reason} (smtp worker {self.number})").addBoth(
-                lambda _: self.tell(f"stored {domain}"))
+        if kind == "spooled" and rest.isalnum():
+            self.pool.adopt(rest, self.number)
+        elif kind == "ready":
+            self.pool.ready(self)
         else:
             log.warn("smtp worker {number} sent an unknown report: {line}", number=self.number, line=line)
 
@@ -116,22 +114,30 @@ class _Worker(protocol.ProcessProtocol):
 
 
 class SMTPWorkers(Service):
-    """Starts, restarts and stops the worker processes sharing the ``listening`` sockets."""
+    """Starts, restarts and stops the worker processes sharing the ``listeners``' sockets, and indexes and
+    delivers what they spool (``adopt``)."""
 
     name = "smtp-workers"
     stop_timeout = 30.0
     #: Seconds before a worker that ended is started again, doubled for each quick end in a row.
     restart_delay = 1.0
     max_restart_delay = 60.0
+    #: Seconds before a handed-over message whose indexing failed is tried again.
+    adopt_retry = 30.0
 
-    def __init__(self, reactor, config_path: str, count: int, listening: dict[str, Callable[[], int]],
-                 upstream_failed: Callable[[str, str], Deferred]):
+    def __init__(self, reactor, config_path: str, count: int, listeners: dict, adopt: Callable[[str], Deferred]):
+        """
+        :param listeners: name -> :class:`~continuity.app.Listener` whose socket the workers share; paused
+            while a worker accepts.
+        :param adopt: index and deliver the message a worker spooled, by queue id.
+        """
         self._reactor = reactor
         self._config_path = os.path.abspath(config_path)
         self._count = count
-        self._listening = listening
-        self.upstream_failed = upstream_failed
+        self._listeners = listeners
+        self._adopt = adopt
         self._workers: dict[int, _Worker] = {}
+        self._ready: set[_Worker] = set()
         self._started: dict[int, float] = {}
         self._quick_ends: dict[int, int] = {}
 
@@ -147,15 +153,39 @@ class SMTPWorkers(Service):
         child_fds: dict[int, str | int] = {0: "w", 1: "r", 2: "r", REPORTS_FD: "r"}
         argv = [sys.executable, "-m", "continuity.workers", "--config", self._config_path,
                 "--parent", str(os.getpid()), "--number", str(number)]
-        for offset, (name, fileno) in enumerate(sorted(self._listening.items())):
-            child_fds[FIRST_LISTEN_FD + offset] = fileno()
+        for offset, (name, listener) in enumerate(sorted(self._listeners.items())):
+            child_fds[FIRST_LISTEN_FD + offset] = listener.port.fileno()
             argv += ["--listen", f"{name}={FIRST_LISTEN_FD + offset}"]
         self._reactor.spawnProcess(worker, sys.executable, argv, env=dict(os.environ), childFDs=child_fds)
         self._workers[number] = worker
         self._started[number] = self._reactor.seconds()
         log.info("smtp worker {number} started (pid {pid})", number=number, pid=worker.transport.pid)
 
+    def ready(self, worker: _Worker) -> None:
+        """A worker accepts: the service's own listeners stop accepting (the workers take every connection)."""
+        if self._workers.get(worker.number) is not worker or not self.running:
+            return
+        if not self._ready:
+            for listener in self._listeners.values():
+                listener.pause()
+        self._ready.add(worker)
+
+    def adopt(self, queue_id: str, number: int) -> None:
+        d = self._adopt(queue_id)
+
+        def failed(failure: Failure) -> None:
+            log.failure("indexing {queue_id} from smtp worker {number} failed; trying again in {delay:g} s",
+                        failure, queue_id=queue_id, number=number, delay=self.adopt_retry)
+            if self.running:
+                self._reactor.callLater(self.adopt_retry, self.adopt, queue_id, number)
+
+        d.addErrback(failed)
+
     def ended(self, worker: _Worker, reason: Failure) -> None:
+        self._ready.discard(worker)
+        if not self._ready and self.running:
+            for listener in self._listeners.values():
+                listener.resume()  # none accepts: the service does, until one is back
         if self._workers.get(worker.number) is not worker:
             return
         del self._workers[worker.number]
@@ -177,6 +207,7 @@ class SMTPWorkers(Service):
         super().stopService()
         workers = list(self._workers.values())
         self._workers.clear()
+        self._ready.clear()
         for worker in workers:
             self._signal(worker, "TERM")
         if not workers:
@@ -198,41 +229,26 @@ class SMTPWorkers(Service):
 
 
 class _Parent(protocol.Protocol):
-    """The worker's end of the pipes (reports out on fd 3, lines in on stdin), and its runner's failover.
-
-    A temporary failure of an auto-activation domain's upstream is reported to
-    the service process, whose monitor switches the mode; :meth:`upstream_failed`
-    fires when it says the mode is stored (or after :attr:`wait` seconds), and the
-    runner then routes the message again, as in the service process.
-    """
-
-    wait = 10.0
+    """The worker's end of the pipes: reports out on fd 3 (``ready``, ``spooled QUEUE_ID``), lines in on stdin."""
 
     def __init__(self, reactor):
         self._reactor = reactor
         self.cleared: Callable[[], None] = lambda: None
         self._lines = Lines(self._line)
-        self._waiting: dict[str, list[Deferred[None]]] = {}
 
-    def upstream_failed(self, name: str, reason: str) -> Deferred[None]:
-        d: Deferred[None] = Deferred()
-        self._waiting.setdefault(name, []).append(d)
-        d.addTimeout(self.wait, self._reactor, onTimeoutCancel=lambda result, timeout: None)
-        reason = " ".join(reason.split())  # one line on the pipe
-        self.transport.write(f"failed {name} {reason}\n".encode("utf-8"))
-        return d
+    def spooled(self, queue_id: str) -> None:
+        """The message is durable in the spool: the service process indexes and delivers it."""
+        self.transport.write(f"spooled {queue_id}\n".encode("ascii"))
+
+    def ready(self) -> None:
+        self.transport.write(b"ready\n")
 
     def dataReceived(self, data: bytes) -> None:
         self._lines.feed(data)
 
     def _line(self, line: str) -> None:
-        kind, _, domain = line.partition(" ")
-        if kind == "clear":
+        if line == "clear":
             self.cleared()
-        elif kind == "stored":
-            for d in self._waiting.pop(domain, []):
-                if not d.called:
-                    d.callback(None)
 
     def connectionLost(self, reason: Failure = None) -> None:
         # The parent closed our stdin: it is stopping, or gone.
@@ -278,10 +294,15 @@ def main(argv: list[str] | None = None) -> None:
 
     adopted = {name: int(fd) for name, _, fd in (item.partition("=") for item in args.listen)}
     parent = _Parent(reactor)
-    root, components = build_smtp_worker(load_config(args.config), reactor, args.number, adopted, parent)
+    root, components = build_smtp_worker(load_config(args.config), reactor, args.number, adopted, parent.spooled)
     parent.cleared = components.directory_cache.clear
     stdio.StandardIO(parent, stdin=0, stdout=REPORTS_FD, reactor=reactor)
-    reactor.callWhenRunning(root.startService)
+
+    def start() -> None:
+        root.startService()
+        parent.ready()
+
+    reactor.callWhenRunning(start)
     reactor.addSystemEventTrigger("before", "shutdown", root.stopService)
     reactor.run()
 

@@ -1,4 +1,4 @@
-"""The pipes between the service process and its SMTP workers: lines, failover reports and their answers."""
+"""The pipes between the service process and its SMTP workers: lines, hand-overs of spooled mail, and who accepts."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def read_all(chunks: list[bytes]) -> list[str]:
 
 @given(st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=20))
 def test_lines_survive_any_split_of_the_stream(cuts):
-    stream = "failed example.com 451 4.3.0 try later\nclear\nstored example.com\nstored b\u00fccher.example\n"
+    stream = "spooled 0660EADDCE9E1DF97749\nclear\nready\nunknown b\u00fccher.example\n"
     data = stream.encode("utf-8")
     chunks, offset = [], 0
     for cut in cuts:
@@ -36,55 +36,87 @@ def test_an_overlong_line_is_dropped_not_buffered():
     assert read_all([b"x" * (MAX_LINE + 10), b"x" * 10, b"\nclear\n"]) == ["clear"]
 
 
-class ServiceSide:
-    """A stand-in for the service's failover monitor and the SMTP workers service around one worker."""
+class Port:
+    """A listening port's reading state, as :class:`continuity.app.Listener` pauses and resumes it."""
 
+    def __init__(self, fileno: int = 7):
+        self.reading = True
+        self._fileno = fileno
+
+    def fileno(self) -> int:
+        return self._fileno
+
+
+class FakeListener:
     def __init__(self):
-        self.failures: list[tuple[str, str]] = []
-        self.stored: Deferred[None] = Deferred()
-        self.workers = SMTPWorkers(Clock(), "/etc/continuity.toml", 1, {}, self.upstream_failed)
+        self.port = Port()
+
+    def pause(self) -> None:
+        self.port.reading = False
+
+    def resume(self) -> None:
+        self.port.reading = True
+
+
+class ServiceSide:
+    """The SMTP workers service around one worker, with the intake's ``adopt`` recorded."""
+
+    def __init__(self, clock=None):
+        self.clock = clock or Clock()
+        self.adopted: list[str] = []
+        self.results: list[Deferred] = []
+        self.listener = FakeListener()
+        self.workers = SMTPWorkers(self.clock, "/etc/continuity.toml", 1, {"smtp": self.listener}, self.adopt)
         self.workers.running = True
         self.worker = _Worker(self.workers, 1)
         self.worker.transport = StringTransport()
+        self.workers._workers[1] = self.worker
 
-    def upstream_failed(self, domain: str, reason: str) -> Deferred[None]:
-        self.failures.append((domain, reason))
-        return self.stored
+    def adopt(self, queue_id: str) -> Deferred[None]:
+        self.adopted.append(queue_id)
+        d: Deferred[None] = Deferred()
+        self.results.append(d)
+        return d
 
 
-def test_the_service_switches_the_domain_and_tells_the_worker_when_it_is_stored():
+def test_a_spooled_message_is_handed_to_the_service_s_intake():
     service = ServiceSide()
-    service.worker.childDataReceived(3, b"failed example.com 421 4.4.2 timeout after 30s\n")
-    assert service.failures == [("example.com", "421 4.4.2 timeout after 30s (smtp worker 1)")]
-    assert service.worker.transport.value() == b""
-    service.stored.callback(None)
-    assert service.worker.transport.value() == b"stored example.com\n"
+    service.worker.childDataReceived(3, b"spooled 0660EADDCE9E1DF97749\nspooled 0660EA")
+    service.worker.childDataReceived(3, b"DDCE9E1DF97750\nspooled ../etc/passwd\n")
+    assert service.adopted == ["0660EADDCE9E1DF97749", "0660EADDCE9E1DF97750"]
 
 
-def test_the_worker_waits_for_the_stored_mode_before_routing_again():
-    clock = Clock()
-    parent = _Parent(clock)
+def test_a_hand_over_that_fails_is_tried_again_later():
+    """Indexing can fail (the store's disk full): the file is durable, so the service tries again."""
+    service = ServiceSide()
+    service.worker.childDataReceived(3, b"spooled 0660EADDCE9E1DF97749\n")
+    service.results[0].errback(OSError(28, "No space left on device"))
+    assert service.adopted == ["0660EADDCE9E1DF97749"]
+    service.clock.advance(SMTPWorkers.adopt_retry)
+    assert service.adopted == ["0660EADDCE9E1DF97749"] * 2
+    service.results[1].callback(None)
+    service.clock.advance(SMTPWorkers.adopt_retry)
+    assert len(service.adopted) == 2
+
+
+def test_the_service_accepts_only_while_no_worker_is_ready():
+    from twisted.internet.error import ProcessTerminated
+    from twisted.python.failure import Failure
+
+    service = ServiceSide()
+    assert service.listener.port.reading  # the worker is starting: the service takes the connections
+    service.worker.childDataReceived(3, b"ready\n")
+    assert not service.listener.port.reading
+    service.worker.processEnded(Failure(ProcessTerminated(1)))
+    assert service.listener.port.reading  # none left: the service again, until one is back
+
+
+def test_the_worker_hands_over_each_message_and_says_when_it_is_ready():
+    parent = _Parent(Clock())
     parent.makeConnection(StringTransport())
-    fired: list = []
-    parent.upstream_failed("example.com", "451 4.3.0\r\n  try later").addCallback(fired.append)
-    assert parent.transport.value() == b"failed example.com 451 4.3.0 try later\n"
-    parent.dataReceived(b"stored other.example\n")
-    assert fired == []
-    parent.dataReceived(b"stored example.com\n")
-    assert fired == [None]
-
-
-def test_the_worker_routes_again_after_a_while_without_an_answer():
-    """A service that never answers (stopping, say) must not hold a delivery for ever."""
-    clock = Clock()
-    parent = _Parent(clock)
-    parent.makeConnection(StringTransport())
-    fired: list = []
-    parent.upstream_failed("example.com", "451").addCallback(fired.append)
-    clock.advance(_Parent.wait)
-    assert fired == [None]
-    parent.dataReceived(b"stored example.com\n")  # too late: nothing fires twice
-    assert fired == [None]
+    parent.ready()
+    parent.spooled("0660EADDCE9E1DF97749")
+    assert parent.transport.value() == b"ready\nspooled 0660EADDCE9E1DF97749\n"
 
 
 def test_clear_drops_the_worker_s_cached_directory_answers():
@@ -114,7 +146,7 @@ def test_a_worker_that_keeps_ending_is_started_again_ever_more_slowly():
     from twisted.internet.error import ProcessTerminated
 
     clock = SpawningClock()
-    workers = SMTPWorkers(clock, "/etc/continuity.toml", 1, {"smtp": lambda: 7}, lambda d, r: Deferred())
+    workers = SMTPWorkers(clock, "/etc/continuity.toml", 1, {"smtp": FakeListener()}, lambda queue_id: Deferred())
     workers.startService()
     (first, args, fds) = clock.spawned[0]
     assert fds[4] == 7 and "smtp=4" in args

@@ -44,11 +44,7 @@ class QueueRunner(Service):
 
     def __init__(self, reactor: IReactorTime, config: Config, sql: SQLThread, io, index: QueueIndex,
                  spool: MessageSpool, directory: Directory, agents: Agents, failover=None,
-                 concurrency: int = 32, passes: bool = True):
-        """
-        :param passes: run the periodic queue passes (retries, held mail); an SMTP worker's runner runs
-            none and delivers only what it claimed itself (:meth:`claim_new`).
-        """
+                 concurrency: int = 32):
         self._reactor = reactor
         self._config = config
         self._sql = sql
@@ -58,7 +54,6 @@ class QueueRunner(Service):
         self._directory = directory
         self._agents = agents
         self.failover = failover
-        self._passes = passes
         self._semaphore = DeferredSemaphore(concurrency)
         self._in_flight: set[str] = set()
         self._deliveries: set[Deferred] = set()
@@ -91,7 +86,7 @@ class QueueRunner(Service):
         return DeferredList(running, consumeErrors=True) if running else None
 
     def _schedule(self, delay: float) -> None:
-        if not self.running or not self._passes:
+        if not self.running:
             return
         if self._call is not None and self._call.active():
             if self._call.getTime() <= self._reactor.seconds() + delay:
@@ -153,12 +148,21 @@ class QueueRunner(Service):
         for entry in due:
             if entry.queue_id not in self._in_flight:
                 by_message[entry.queue_id].append(entry)
-        work = [self._semaphore.run(self._start, q, e) for q, e in by_message.items()]
+        # Each delivery starts when a slot is free, from this loop: a delivery that ends at once (stopping,
+        # say) frees its slot before the next starts, instead of starting the next inside its own end -
+        # nested hundreds deep, that overflowed the stack.
+        work = []
+        for queue_id, entries in by_message.items():
+            await self._semaphore.acquire()
+            if not self.running:
+                self._semaphore.release()
+                break
+            d = self._start(queue_id, entries)
+            d.addErrback(lambda f: self.log.failure("delivery failed", f))
+            d.addBoth(lambda _: self._semaphore.release())
+            work.append(d)
         for d in work:
-            try:
-                await d
-            except Exception:
-                self.log.failure("delivery failed")
+            await d
 
     # -- one message -----------------------------------------------------
 
@@ -180,8 +184,8 @@ class QueueRunner(Service):
         """On the SQL thread: count the attempt, moving the next one forward first (a crash retries then).
 
         Only what is still due is claimed, and only that is returned: another
-        process's runner (this service's passes, an SMTP worker's) may have
-        claimed or finished it since it was read. The claim lasts at least as
+        attempt (a pass, a kick, ``queue flush``) may have claimed or finished
+        it since it was read. The claim lasts at least as
         long as an attempt can (:data:`ATTEMPT_TIMEOUTS` relay timeouts).
         """
         attempts = max(e.attempts for e in due)
@@ -366,7 +370,7 @@ class QueueRunner(Service):
         """Make the domain's pending mail due now (a mode switch changes where it goes).
 
         Not what an attempt has claimed (queued, its next attempt ahead): that
-        attempt - ours, or an SMTP worker's - routes it again itself, and
+        attempt routes it again itself, and
         releasing it too would deliver it twice. A claim a crash left behind
         comes due at its next attempt.
         """

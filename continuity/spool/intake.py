@@ -53,6 +53,9 @@ class MessageIntake:
         self.kick = kick
         #: On the SQL thread, with the new rows: claim and route them (the result is passed to ``kick``).
         self.claim: Callable[[list[QueueEntry]], Any] | None = None
+        #: In an SMTP worker: ``handoff(queue_id)`` once the file is durable, and no index rows here; the
+        #: service process indexes and delivers it (:meth:`adopt`).
+        self.handoff: Callable[[str], None] | None = None
 
     async def accept(self, *, sender: str, recipients: Sequence[str], chunks: Sequence[bytes], direction: str,
                      origin: str, client: str | None = None, auth_user: str | None = None,
@@ -61,13 +64,21 @@ class MessageIntake:
         """Spool and index a message; return its queue id once it is durable."""
         now = self._reactor.seconds()
         queue_id = queue_id or new_queue_id(now)
+        extra = dict(extra or {})
+        if directions is not None and set(directions) != {direction}:
+            extra["directions"] = list(directions)  # for whoever indexes the file: an SMTP worker's service
         envelope = SpoolEnvelope(
             queue_id=queue_id, sender=sender, recipients=tuple(recipients), received=now, direction=direction,
             origin=origin, client=client, auth_user=auth_user,
             # The header section is at most 64 KiB: never copy a whole message on the reactor to find it.
             message_id=message_id_of(b"".join(chunk[:HEADER_LIMIT] for chunk in chunks[:2])),
-            extra=dict(extra or {}),
+            extra=extra,
         )
+        if self.handoff is not None:
+            # The file is the message: the service process indexes it from there.
+            await self._io(self._spool.write, envelope, chunks)
+            self.handoff(queue_id)
+            return queue_id
         indexed: Deferred[tuple[int, Any]] = Deferred()
         self._io.spawn(self._write_then_index, envelope, chunks, directions, indexed)
         size, claimed = await indexed
@@ -100,6 +111,28 @@ class MessageIntake:
             log.failure("claiming {queue_id} failed", queue_id=envelope.queue_id)
             return size, None
 
+    def adopt(self, queue_id: str) -> Deferred[None]:
+        """Index and deliver a message an SMTP worker spooled (and acknowledged) and handed over.
+
+        One SQL job reads the file's envelope (and a small message, for the
+        runner), indexes it and claims it. A message indexed already (by the
+        start-up's :meth:`recover_spool`, or handed over twice) is not indexed
+        again; the runner delivers whatever of it is due.
+        """
+        d = self._sql.run(self._adopt_job, queue_id)
+        d.addCallback(self._adopted, queue_id)
+        return d
+
+    def _adopt_job(self, queue_id: str) -> tuple[tuple[str, bytes] | None, Any]:
+        envelope, message, size = self._spool.read_if_small(queue_id, HANDOFF_LIMIT)
+        _, claimed = self._index_job(envelope, size, envelope.extra.get("directions"))
+        return ((envelope.sender, message) if message is not None else None), claimed
+
+    def _adopted(self, result: tuple[tuple[str, bytes] | None, Any], queue_id: str) -> None:
+        if self.kick is not None:
+            message, claimed = result
+            self.kick(queue_id, message, claimed)
+
     async def recover_spool(self) -> tuple[int, int]:
         """At start-up: index spool files a crash left unindexed, remove finished ones.
 
@@ -111,7 +144,7 @@ class MessageIntake:
         reindexed = 0
         for queue_id in sorted(on_disk - known):
             envelope, message = await self._io(self._spool.read, queue_id)
-            await self._sql.run(self._index.add, envelope, len(message))
+            await self._sql.run(self._index.add, envelope, len(message), envelope.extra.get("directions"))
             reindexed += 1
         removed = 0
         for queue_id in await self._sql.run(self._index.finished_queue_ids):

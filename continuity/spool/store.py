@@ -96,6 +96,14 @@ class MessageSpool:
             envelope = SpoolEnvelope.from_line(handle.readline())
             return envelope, handle.read()
 
+    def read_if_small(self, queue_id: str, limit: int) -> tuple[SpoolEnvelope, bytes | None, int]:
+        """The envelope, the message when it is at most ``limit`` octets (else None), and its size."""
+        with open(self.path(queue_id), "rb") as handle:
+            line = handle.readline()
+            envelope = SpoolEnvelope.from_line(line)
+            size = os.fstat(handle.fileno()).st_size - len(line)
+            return envelope, (handle.read() if size <= limit else None), size
+
     def exists(self, queue_id: str) -> bool:
         return os.path.exists(self.path(queue_id))
 

@@ -10,6 +10,7 @@ import email
 import email.policy
 
 from twisted.internet.defer import Deferred
+from twisted.logger import globalLogPublisher
 
 from support import EPOCH, UPSTREAM, DeliveryStack, stack  # noqa: F401 (fixture)
 
@@ -288,6 +289,36 @@ def test_pending_mail_is_picked_up_by_the_periodic_pass(stack):
     assert stack.queue(queue_id)[0].state == "done"
 
 
+def test_a_stop_during_a_pass_over_a_backlog_leaves_the_rest_queued_without_nesting(tmp_path):
+    """Stopping while a pass has hundreds of messages waiting for a delivery slot: each of them ends at
+    once (not started), and those ends must not nest one inside the last. They overflowed the stack and
+    logged a traceback per message waiting."""
+    stack = DeliveryStack(tmp_path, concurrency=2)
+    stack.domain(activation="manual")
+    queued = [stack.accept(["bob@example.com"]) for _ in range(400)]  # not running: all wait for the pass
+    held: list[Deferred] = [Deferred(), Deferred()]
+    stack.pool.script(UPSTREAM, *held)
+    stack.start()  # two attempts wait for the upstream, the other 398 for a slot
+    failures = []
+
+    def observe(event):
+        if event.get("log_failure") is not None:
+            failures.append(event["log_failure"])
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        stopped = []
+        stack.runner.stopService().addCallback(stopped.append)
+        for d in held:
+            d.callback(OK)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert stopped and failures == []
+    states = [stack.queue(queue_id)[0].state for queue_id in queued]
+    assert states.count("done") == 2 and states.count("queued") == 398
+    stack.stop()
+
+
 def test_stop_waits_for_deliveries_in_flight_and_starts_no_more(tmp_path):
     """stopService fires once the delivery in flight is done; a message waiting for a slot is not attempted."""
     stack = DeliveryStack(tmp_path, concurrency=1)
@@ -307,42 +338,12 @@ def test_stop_waits_for_deliveries_in_flight_and_starts_no_more(tmp_path):
     stack.stop()
 
 
-def test_a_runner_without_passes_delivers_what_it_claims_and_leaves_the_rest(stack):
-    """An SMTP worker's runner (no passes) delivers the mail it accepted; retries are the service's passes'."""
-    from continuity.delivery.runner import QueueRunner
-
-    stack.domain(activation="manual")
-    worker = QueueRunner(stack.clock, stack.config, stack.sql, stack.io, stack.index, stack.spool, stack.directory,
-                         stack.agents, passes=False)
-    worker.startService()
-    stack.runner.stopService()
-    stack.intake.kick, stack.intake.claim = worker.kick, worker.claim_new
-    delivered = stack.accept(["bob@example.com"])
-    assert [e.state for e in stack.queue(delivered)] == ["done"] and len(stack.pool.to(UPSTREAM)) == 1
-    stack.pool.default = SOFT
-    deferred = stack.accept(["bob@example.com"])
-    assert [(e.state, e.attempts) for e in stack.queue(deferred)] == [("deferred", 1)]
-    stack.pool.default = OK
-    stack.clock.advance(120)  # past the retry interval: no pass of the worker's retries it
-    assert [e.state for e in stack.queue(deferred)] == ["deferred"] and len(stack.pool.to(UPSTREAM)) == 2
-    stack.runner.startService()
-    stack.clock.advance(0)
-    assert [e.state for e in stack.queue(deferred)] == ["done"] and len(stack.pool.to(UPSTREAM)) == 3
-    worker.stopService()
-
-
 def test_a_reroute_leaves_a_claimed_message_to_the_attempt_that_claimed_it(stack):
-    """A mode switch while an SMTP worker's attempt is under way must not make the service deliver it too."""
-    from continuity.delivery.runner import QueueRunner
-
+    """A mode switch while an attempt is under way must not deliver the message a second time."""
     stack.domain(activation="manual")
-    worker = QueueRunner(stack.clock, stack.config, stack.sql, stack.io, stack.index, stack.spool, stack.directory,
-                         stack.agents, passes=False)
-    worker.startService()
-    stack.intake.kick, stack.intake.claim = worker.kick, worker.claim_new
     held: Deferred = Deferred()
     stack.pool.script(UPSTREAM, held)
-    queue_id = stack.accept(["bob@example.com"])  # the worker's attempt waits for the upstream
+    queue_id = stack.accept(["bob@example.com"])  # the attempt waits for the upstream
     stack.directory.set_mode("example.com", "emergency", "continuityctl emergency start", automatic=False)
     Deferred.fromCoroutine(stack.runner.reroute("example.com"))
     stack.clock.advance(0)
@@ -350,7 +351,6 @@ def test_a_reroute_leaves_a_claimed_message_to_the_attempt_that_claimed_it(stack
     held.callback(OK)  # the upstream took it after all
     assert [e.state for e in stack.queue(queue_id)] == ["done"]
     assert stack.inbox("bob@example.com") == [] and len(stack.pool.to(UPSTREAM)) == 1
-    worker.stopService()
 
 
 def test_a_claim_lasts_as_long_as_an_attempt_can(tmp_path):

@@ -12,10 +12,12 @@ from __future__ import annotations
 import re
 import smtplib
 import threading
+import time
 
 import pytest
 
 from service import MX, wait_until
+from support import free_port
 
 from continuity.testing.sink import smtp_sink  # noqa: F401 (fixture)
 
@@ -75,6 +77,12 @@ def test_a_stop_during_a_load_loses_no_acknowledged_message(tmp_path, smtp_sink,
         if stop == "SIGKILL":
             mx.kill()
         else:
+            # A clean stop lets the deliveries in flight finish, and every acknowledged message may
+            # be in flight: with the upstream unreachable, what comes now is spooled and waiting at the stop.
+            assert mx.cli("domain", "set", "example.com", "--upstream", f"127.0.0.1:{free_port()}").returncode == 0
+            more = len(acked) + 30
+            wait_until(lambda: len(acked) >= more, timeout=60, what="messages acknowledged after the switch")
+            time.sleep(2)  # the service sees the new upstream within 2 s (CONTRACT 1)
             mx.stop()  # within 30 s, cleanly: in-flight deliveries finish, waiting ones stay spooled
     finally:
         stopped.set()
@@ -84,6 +92,7 @@ def test_a_stop_during_a_load_loses_no_acknowledged_message(tmp_path, smtp_sink,
         acknowledged = set(acked)
     pending = acknowledged - arrived(upstream)
     assert pending, "every message had arrived before the stop: the test proved nothing"
+    assert mx.cli("domain", "set", "example.com", "--upstream", upstream.address).returncode == 0
     mx.start()
     try:
         wait_until(lambda: not acknowledged - arrived(upstream), timeout=90,

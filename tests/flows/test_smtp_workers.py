@@ -1,6 +1,6 @@
 """SMTP worker processes (``[server] smtp_workers``) with the real ``twistd``: they accept on the service's
-port and deliver what they accept, their failovers are switched by the service, a killed one is started
-again, and none outlives the service."""
+port and spool what they accept, the service process indexes and delivers it (failover included), a killed
+one is started again (the service accepts meanwhile), and none outlives the service."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def mx(tmp_path, smtp_sink):
 
 
 class service_process_stopped:
-    """With the service process frozen (SIGSTOP) only a worker can answer, and only a worker can deliver."""
+    """With the service process frozen (SIGSTOP) only a worker can answer."""
 
     def __init__(self, mx):
         self.pid = mx.pid
@@ -73,43 +73,48 @@ def send_numbered(mx, count: int) -> None:
         mx.send(["bob@example.com"], MESSAGE.replace(b"<m1@", f"<w{number}@".encode()))
 
 
-def test_a_worker_accepts_and_relays_by_itself(mx):
+def test_a_worker_accepts_and_the_service_relays(mx):
+    """The worker's 250 means spooled; the service process (frozen meanwhile) indexes and relays it after."""
     with service_process_stopped(mx):
-        send_numbered(mx, 3)
-        messages = mx.upstream.messages(3, timeout=20)
+        send_numbered(mx, 3)  # answered by the worker alone
+        time.sleep(0.5)
+        assert mx.upstream.messages(0) == []  # nobody relays while the service is frozen
+    messages = mx.upstream.messages(3, timeout=20)
     assert sorted(m.recipients for m in messages) == [("bob@example.com",)] * 3
     wait_until(lambda: len([line for line in mx.service.log().splitlines()
-                            if "smtp worker 1:" in line and "relayed for bob@example.com" in line]) == 3,
+                            if "smtp worker 1:" in line and "queued as" in line]) == 3,
                what="the worker's log lines in the service's log")
     statuses = [row["status"] for row in mx.cli.json("track", "--recipient", "bob@example.com")]
     assert statuses == ["relayed"] * 3
 
 
-def test_a_worker_s_failover_is_switched_by_the_service_and_delivered_by_the_worker(mx, smtp_sink):
-    """An upstream's 4xx met by a worker: the service switches the domain, the worker delivers to the mailbox."""
+def test_mail_a_worker_accepted_fails_over_to_the_mailbox(mx, smtp_sink):
+    """An upstream's 4xx for mail a worker took: the service switches the domain and delivers to the mailbox."""
     failing = smtp_sink("-r", "RCPT")
     assert mx.cli("domain", "set", "example.com", "--upstream", failing.address).returncode == 0
     time.sleep(2.5)  # both processes see the new upstream (the service polls every second, the cache lives 1 s)
     with service_process_stopped(mx):
-        mx.send(["bob@example.com"])  # only the worker can take it; its delivery waits for the service
+        mx.send(["bob@example.com"])  # only the worker can take it
     files = wait_until(lambda: mx.inbox("bob@example.com"), timeout=15, what="the continuity delivery")
     assert b"Hi Bob." in files[0].read_bytes()
     assert mx.cli.json("domain", "show", "example.com")["mode"] == "emergency"
-    assert "(smtp worker 1)" in mx.service.log()
     (row,) = mx.cli.json("track", "--recipient", "bob@example.com")
     assert row["status"] == "delayed"
 
 
-def test_a_killed_worker_is_started_again(mx):
+def test_a_killed_worker_is_started_again_and_the_service_accepts_meanwhile(mx):
     (worker,) = workers_of(mx.pid)
     os.kill(worker, signal.SIGKILL)
+    wait_until(lambda: "smtp worker 1 ended" in mx.service.log(), timeout=10, what="the service to notice")
+    mx.send(["bob@example.com"], MESSAGE.replace(b"<m1@", b"<between@"))  # the new worker is not up yet
+    served = [line for line in mx.service.log().splitlines() if "queued as" in line]
+    assert served and "smtp worker" not in served[-1]
     (again,) = wait_until(lambda: [p for p in workers_of(mx.pid) if p != worker], timeout=15,
                           what="a new SMTP worker")
-    assert "smtp worker 1 ended" in mx.service.log()
-    time.sleep(1)  # the new worker adopts the port as it starts
+    time.sleep(1.5)  # the new worker adopts the port as it starts, then the service stops accepting
     with service_process_stopped(mx):
         send_numbered(mx, 1)
-        assert len(mx.upstream.messages(1, timeout=20)) == 1
+    assert len(mx.upstream.messages(2, timeout=20)) == 2
 
 
 def test_the_workers_end_with_a_killed_service_and_a_restart_gets_the_port(mx):
@@ -153,8 +158,8 @@ def test_in_emergency_a_worker_delivers_to_the_mailbox_itself(mx):
     assert row["status"] == "delayed"
 
 
-def test_connections_per_ip_count_across_the_service_and_its_worker(tmp_path, smtp_sink):
-    """CONTRACT 2: connections_per_ip per listener, then 421, whichever process the kernel gives each one."""
+def test_connections_per_ip_hold_with_a_worker_accepting(tmp_path, smtp_sink):
+    """CONTRACT 2: connections_per_ip per listener, then 421, with the worker taking the connections."""
     import socket
 
     mx = MX(tmp_path, server={"smtp_workers": 1})
@@ -168,18 +173,13 @@ def test_connections_per_ip_count_across_the_service_and_its_worker(tmp_path, sm
         return conn.recv(200)[:3]
 
     try:
-        (worker,) = wait_until(lambda: workers_of(pid), what="the SMTP worker to start")
-        time.sleep(1)  # the worker adopts the socket as it starts
-        os.kill(pid, signal.SIGSTOP)  # only the worker accepts
+        wait_until(lambda: workers_of(pid), what="the SMTP worker to start")
+        time.sleep(1.5)  # the worker adopts the socket as it starts, then the service stops accepting
+        os.kill(pid, signal.SIGSTOP)  # only the worker can answer
         try:
-            assert [connect(), connect()] == [b"220", b"220"]
+            assert [connect() for _ in range(4)] == [b"220", b"220", b"220", b"421"]
         finally:
             os.kill(pid, signal.SIGCONT)
-        os.kill(worker, signal.SIGSTOP)  # only the service accepts
-        try:
-            assert [connect(), connect(), connect()] == [b"220", b"421", b"421"]
-        finally:
-            os.kill(worker, signal.SIGCONT)
     finally:
         for conn in opened:
             conn.close()

@@ -160,3 +160,53 @@ def test_a_failed_claim_still_gives_the_client_its_250(parts):
     queue_id = parts.accept(["bob@example.com"])
     (entry,) = parts.index.pending(queue_id)
     assert (entry.state, entry.attempts) == ("queued", 0) and parts.kicked == [queue_id]
+
+
+def test_with_a_handoff_accept_writes_the_file_and_hands_it_over_unindexed(parts):
+    """An SMTP worker's intake: the durable file is the message; the service process indexes it (adopt)."""
+    handed: list[str] = []
+    parts.intake.handoff = handed.append
+    queue_id = parts.accept(["bob@example.com"])
+    assert handed == [queue_id] and parts.kicked == []
+    assert parts.spool.read(queue_id)[1] == b"Received: by us\r\n" + MESSAGE
+    assert parts.index.known_queue_ids() == set()
+
+
+def test_adopt_indexes_claims_and_kicks_a_handed_over_file_once(parts):
+    """The service's side: the file's envelope is indexed and claimed, and the runner gets the message."""
+    parts.intake.handoff = lambda queue_id: None
+    queue_id = parts.accept(["bob@example.com", "carol@example.com"])
+    parts.intake.handoff = None
+    claimed = []
+    parts.intake.claim = lambda entries: claimed.append([e.recipient for e in entries]) or "routes"
+    parts.intake.kick = lambda queue_id, message, routes: parts.kicked.append((queue_id, message, routes))
+    parts.intake.adopt(queue_id)
+    assert claimed == [["bob@example.com", "carol@example.com"]]
+    assert parts.kicked == [(queue_id, ("alice@sender.example", b"Received: by us\r\n" + MESSAGE), "routes")]
+    (entry, _) = parts.index.pending(queue_id)
+    assert (entry.sender, entry.received) == ("alice@sender.example", NOW)
+    parts.intake.adopt(queue_id)  # handed over twice, or recovered at start-up meanwhile: indexed once
+    assert len(parts.index.pending(queue_id)) == 2 and len(claimed) == 1
+
+
+def test_adopt_keeps_each_recipient_s_direction(parts):
+    """A relay client's message to a hosted and an outside address: each row keeps its direction."""
+    parts.intake.handoff = lambda queue_id: None
+    queue_id = parts.run(parts.intake.accept(
+        sender="alice@example.com", recipients=["bob@example.com", "eve@elsewhere.example"], chunks=[MESSAGE],
+        direction="outbound", origin="smtp", directions=["inbound", "outbound"]))
+    parts.intake.adopt(queue_id)
+    assert [(e.recipient, e.direction) for e in parts.index.pending(queue_id)] == [
+        ("bob@example.com", "inbound"), ("eve@elsewhere.example", "outbound")]
+
+
+def test_adopt_leaves_a_large_message_for_the_runner_to_read(parts, monkeypatch):
+    """A message over the hand-off limit is not read on the SQL thread: the runner reads it itself."""
+    from continuity.spool import intake
+
+    monkeypatch.setattr(intake, "HANDOFF_LIMIT", 10)
+    parts.intake.handoff = lambda queue_id: None
+    queue_id = parts.accept(["bob@example.com"])
+    parts.intake.kick = lambda queue_id, message, routes: parts.kicked.append((queue_id, message))
+    parts.intake.adopt(queue_id)
+    assert parts.kicked == [(queue_id, None)]
