@@ -1,17 +1,22 @@
 """Durable file writes: the one place that turns bytes into a file that survives a crash.
 
-A file is written under a temporary name in the same directory, fsync'ed, moved
+:func:`write_file`: the file is written under a temporary name, fsync'ed, moved
 into place (``link`` when the name must not be overwritten, ``rename`` when it
-may), and the directory is fsync'ed so the new entry itself is on disk. This
-module imports nothing of ours (see DESIGN.md).
+may), and the directory is fsync'ed so the new entry itself is on disk.
+:func:`write_new`: a new file is written in place, marked complete by its
+mode, for directories whose readers can skip unfinished files. This module
+imports nothing of ours (see DESIGN.md).
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterable
 
 _TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+#: The mode of a file :func:`write_new` has not finished: without its owner's read bit.
+PARTIAL_MODE = 0o200
 
 
 def fsync_dir(path: str) -> None:
@@ -81,6 +86,41 @@ def write_file(
     if sync_dir:
         fsync_dir(os.path.dirname(path) or ".")
     return size
+
+
+def write_new(path: str, chunks: Iterable[bytes], *, mode: int = 0o600) -> int:
+    """Create ``path`` (``FileExistsError`` if it exists) and write ``chunks`` to it durably; return the size.
+
+    No temporary name: the file is created in :data:`PARTIAL_MODE`, written,
+    given ``mode`` (the mark that it is complete) and fsync'ed, then the
+    directory is fsync'ed. That is one journal commit where a temporary and a
+    link take two: the file's fsync commits its new directory entry with it,
+    and the directory's fsync then finds nothing left to write (ext4, XFS; it
+    stays for file systems where it would). A crash before the fsync can leave
+    a file still partial (:func:`is_partial`); whoever owns the directory
+    removes those while no writer can be running, and every reader skips them.
+    """
+    fd = os.open(path, _TMP_FLAGS, PARTIAL_MODE)
+    try:
+        try:
+            size = write_chunks(fd, chunks)
+            os.fchmod(fd, mode)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_dir(os.path.dirname(path) or ".")
+    return size
+
+
+def is_partial(status: os.stat_result) -> bool:
+    """Whether a file written by :func:`write_new` is unfinished (being written, or left by a crash)."""
+    return not status.st_mode & stat.S_IRUSR
 
 
 def remove_file(path: str, *, sync_dir: bool = True) -> bool:

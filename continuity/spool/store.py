@@ -2,10 +2,12 @@
 
 ``spool/messages/<queue_id>`` holds one JSON line with the envelope (sender,
 recipients, origin, time), then the message exactly as it will be delivered
-(our ``Received:`` header first). The file is written in ``spool/tmp/``,
-fsync'ed, linked into ``messages/`` and the directory fsync'ed
-(:mod:`continuity.durable`). Because the envelope travels with the body, the
-file alone is enough to rebuild the queue index after a crash.
+(our ``Received:`` header first). The file is written in place and marked
+complete by its mode before it is fsync'ed, and the directory fsync'ed
+(:func:`continuity.durable.write_new`); a file still partial was never
+acknowledged, is skipped by every listing and removed by :meth:`MessageSpool.prepare`.
+Because the envelope travels with the body, the file alone is enough to
+rebuild the queue index after a crash.
 """
 
 from __future__ import annotations
@@ -65,10 +67,18 @@ class MessageSpool:
         self.tmp_dir = os.path.join(root, "tmp")
 
     def prepare(self) -> None:
+        """Create the directories and remove the half-written files of a crash (never acknowledged).
+
+        Only while nothing writes here: before the service's listeners and SMTP workers start.
+        """
         durable.make_dirs(self.messages_dir)
         durable.make_dirs(self.tmp_dir)
-        for name in os.listdir(self.tmp_dir):  # half-written files of a crash: never acknowledged
+        for name in os.listdir(self.tmp_dir):  # written there by releases before 2026-11
             os.unlink(os.path.join(self.tmp_dir, name))
+        with os.scandir(self.messages_dir) as entries:
+            partial = [entry.path for entry in entries if durable.is_partial(entry.stat(follow_symlinks=False))]
+        for path in partial:
+            os.unlink(path)
 
     def path(self, queue_id: str) -> str:
         if not queue_id.isalnum():
@@ -78,13 +88,7 @@ class MessageSpool:
     def write(self, envelope: SpoolEnvelope, chunks: Iterable[bytes]) -> int:
         """Write the spool file durably; return the message size (without the envelope line)."""
         line = envelope.to_line()
-        size = durable.write_file(
-            self.path(envelope.queue_id),
-            [line, *chunks],
-            tmp_path=os.path.join(self.tmp_dir, envelope.queue_id),
-            overwrite=False,
-        )
-        return size - len(line)
+        return durable.write_new(self.path(envelope.queue_id), [line, *chunks]) - len(line)
 
     def read_envelope(self, queue_id: str) -> SpoolEnvelope:
         with open(self.path(queue_id), "rb") as handle:
@@ -117,7 +121,13 @@ class MessageSpool:
         return durable.remove_file(self.path(queue_id), sync_dir=False)
 
     def queue_ids(self) -> Iterator[str]:
+        """The complete files' queue ids (not those still being written)."""
         with os.scandir(self.messages_dir) as entries:
             for entry in entries:
-                if entry.name.isalnum():
-                    yield entry.name
+                if not entry.name.isalnum():
+                    continue
+                try:
+                    if not durable.is_partial(entry.stat(follow_symlinks=False)):
+                        yield entry.name
+                except FileNotFoundError:
+                    continue  # removed meanwhile
