@@ -137,15 +137,6 @@ class Listener(Service):
     def port(self) -> IListeningPort | None:
         return self._port
 
-    def pause(self) -> None:
-        """Accept no connections (they wait in the socket's backlog, for another process sharing it)."""
-        if self._port is not None:
-            self._port.stopReading()
-
-    def resume(self) -> None:
-        if self._port is not None and self.running:
-            self._port.startReading()
-
 
 def _smtp_factory(components: "Components", name: str) -> IProtocolFactory:
     from continuity.counters import SharedConnectionCounter
@@ -411,8 +402,8 @@ def build_service(config: Config, reactor) -> MultiService:
         from continuity.workers import SMTPWorkers
 
         # Added after the listeners: started once they listen, stopped before them.
-        workers = SMTPWorkers(reactor, config.path, config.server.smtp_workers, {"smtp": listeners["smtp"]},
-                              components.intake.adopt)
+        workers = SMTPWorkers(reactor, config.path, config.server.smtp_workers,
+                              {"smtp": lambda: listeners["smtp"].port.fileno()}, components.intake.adopt)
         workers.setServiceParent(root)
         components.directory_changed.append(workers.directory_changed)
     log.info("continuity starting as {hostname}, data in {data_dir}",

@@ -4,20 +4,22 @@ One reactor runs Python on one core at a time. Taking a message in (the SMTP
 dialogue and the spool write) and delivering it (the index, the queue runner,
 the SMTP client) then share that core, and reaching Postfix's rate on a
 2-core machine needs both. So the service process starts ``smtp_workers``
-child processes that accept on the service's listening socket and run the
-same MX policy, and divides the work as Postfix does between ``smtpd`` and
-``qmgr``: a worker writes each message's spool file durably, answers ``250``
-and hands the queue id over; the service process indexes the file, claims it
-and delivers it. The store then has one writer for the mail flow (emergency
-mode's direct delivery and rejected recipients' tracking rows excepted), so
-no process waits for another's write lock or re-reads pages another wrote.
-While a worker is ready the service accepts no SMTP connection of its own;
-when none is (all ended, before the first is up) it accepts them itself.
+child processes that accept on the same listening socket as itself (the
+kernel gives each connection to whichever process accepts first, so a busy
+process takes fewer) and run the same MX policy. Past the ``250`` the work is
+divided as Postfix divides it between ``smtpd`` and ``qmgr``: a worker writes
+each message's spool file durably, answers ``250`` and hands the queue id
+over; the service process indexes the file, claims it and delivers it, as it
+does the mail it accepts itself. The store then has one writer for the relay
+flow, so no process waits for another's write lock or re-reads pages another
+wrote. In emergency mode each process writes the mail it accepts straight into
+the continuity mailboxes (:mod:`continuity.delivery.direct`), which spreads
+that work, the heaviest of all, over both.
 
 The parent and a worker talk in lines over pipes:
 
-- worker fd 3 -> parent: ``ready`` once it accepts; ``spooled QUEUE_ID`` for
-  each message it acknowledged (the parent indexes and delivers it,
+- worker fd 3 -> parent: ``spooled QUEUE_ID`` for each message it
+  acknowledged (the parent indexes and delivers it,
   :meth:`~continuity.spool.intake.MessageIntake.adopt`).
 - parent -> worker stdin: ``clear`` when a mode switch of ours landed (the
   worker's directory cache must not answer with the old mode); EOF when the
@@ -99,8 +101,6 @@ class _Worker(protocol.ProcessProtocol):
         kind, _, rest = line.partition(" ")
         if kind == "spooled" and rest.isalnum():
             self.pool.adopt(rest, self.number)
-        elif kind == "ready":
-            self.pool.ready(self)
         else:
             log.warn("smtp worker {number} sent an unknown report: {line}", number=self.number, line=line)
 
@@ -114,7 +114,7 @@ class _Worker(protocol.ProcessProtocol):
 
 
 class SMTPWorkers(Service):
-    """Starts, restarts and stops the worker processes sharing the ``listeners``' sockets, and indexes and
+    """Starts, restarts and stops the worker processes sharing the ``listening`` sockets, and indexes and
     delivers what they spool (``adopt``)."""
 
     name = "smtp-workers"
@@ -125,19 +125,18 @@ class SMTPWorkers(Service):
     #: Seconds before a handed-over message whose indexing failed is tried again.
     adopt_retry = 30.0
 
-    def __init__(self, reactor, config_path: str, count: int, listeners: dict, adopt: Callable[[str], Deferred]):
+    def __init__(self, reactor, config_path: str, count: int, listening: dict[str, Callable[[], int]],
+                 adopt: Callable[[str], Deferred]):
         """
-        :param listeners: name -> :class:`~continuity.app.Listener` whose socket the workers share; paused
-            while a worker accepts.
+        :param listening: name -> the file descriptor of the listening socket the workers share.
         :param adopt: index and deliver the message a worker spooled, by queue id.
         """
         self._reactor = reactor
         self._config_path = os.path.abspath(config_path)
         self._count = count
-        self._listeners = listeners
+        self._listening = listening
         self._adopt = adopt
         self._workers: dict[int, _Worker] = {}
-        self._ready: set[_Worker] = set()
         self._started: dict[int, float] = {}
         self._quick_ends: dict[int, int] = {}
 
@@ -153,22 +152,13 @@ class SMTPWorkers(Service):
         child_fds: dict[int, str | int] = {0: "w", 1: "r", 2: "r", REPORTS_FD: "r"}
         argv = [sys.executable, "-m", "continuity.workers", "--config", self._config_path,
                 "--parent", str(os.getpid()), "--number", str(number)]
-        for offset, (name, listener) in enumerate(sorted(self._listeners.items())):
-            child_fds[FIRST_LISTEN_FD + offset] = listener.port.fileno()
+        for offset, (name, fileno) in enumerate(sorted(self._listening.items())):
+            child_fds[FIRST_LISTEN_FD + offset] = fileno()
             argv += ["--listen", f"{name}={FIRST_LISTEN_FD + offset}"]
         self._reactor.spawnProcess(worker, sys.executable, argv, env=dict(os.environ), childFDs=child_fds)
         self._workers[number] = worker
         self._started[number] = self._reactor.seconds()
         log.info("smtp worker {number} started (pid {pid})", number=number, pid=worker.transport.pid)
-
-    def ready(self, worker: _Worker) -> None:
-        """A worker accepts: the service's own listeners stop accepting (the workers take every connection)."""
-        if self._workers.get(worker.number) is not worker or not self.running:
-            return
-        if not self._ready:
-            for listener in self._listeners.values():
-                listener.pause()
-        self._ready.add(worker)
 
     def adopt(self, queue_id: str, number: int) -> None:
         d = self._adopt(queue_id)
@@ -182,10 +172,6 @@ class SMTPWorkers(Service):
         d.addErrback(failed)
 
     def ended(self, worker: _Worker, reason: Failure) -> None:
-        self._ready.discard(worker)
-        if not self._ready and self.running:
-            for listener in self._listeners.values():
-                listener.resume()  # none accepts: the service does, until one is back
         if self._workers.get(worker.number) is not worker:
             return
         del self._workers[worker.number]
@@ -207,7 +193,6 @@ class SMTPWorkers(Service):
         super().stopService()
         workers = list(self._workers.values())
         self._workers.clear()
-        self._ready.clear()
         for worker in workers:
             self._signal(worker, "TERM")
         if not workers:
@@ -229,7 +214,7 @@ class SMTPWorkers(Service):
 
 
 class _Parent(protocol.Protocol):
-    """The worker's end of the pipes: reports out on fd 3 (``ready``, ``spooled QUEUE_ID``), lines in on stdin."""
+    """The worker's end of the pipes: reports out on fd 3 (``spooled QUEUE_ID``), lines in on stdin."""
 
     def __init__(self, reactor):
         self._reactor = reactor
@@ -239,9 +224,6 @@ class _Parent(protocol.Protocol):
     def spooled(self, queue_id: str) -> None:
         """The message is durable in the spool: the service process indexes and delivers it."""
         self.transport.write(f"spooled {queue_id}\n".encode("ascii"))
-
-    def ready(self) -> None:
-        self.transport.write(b"ready\n")
 
     def dataReceived(self, data: bytes) -> None:
         self._lines.feed(data)
@@ -297,12 +279,7 @@ def main(argv: list[str] | None = None) -> None:
     root, components = build_smtp_worker(load_config(args.config), reactor, args.number, adopted, parent.spooled)
     parent.cleared = components.directory_cache.clear
     stdio.StandardIO(parent, stdin=0, stdout=REPORTS_FD, reactor=reactor)
-
-    def start() -> None:
-        root.startService()
-        parent.ready()
-
-    reactor.callWhenRunning(start)
+    reactor.callWhenRunning(root.startService)
     reactor.addSystemEventTrigger("before", "shutdown", root.stopService)
     reactor.run()
 

@@ -1,4 +1,4 @@
-"""The pipes between the service process and its SMTP workers: lines, hand-overs of spooled mail, and who accepts."""
+"""The pipes between the service process and its SMTP workers: lines and hand-overs of spooled mail."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def read_all(chunks: list[bytes]) -> list[str]:
 
 @given(st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=20))
 def test_lines_survive_any_split_of_the_stream(cuts):
-    stream = "spooled 0660EADDCE9E1DF97749\nclear\nready\nunknown b\u00fccher.example\n"
+    stream = "spooled 0660EADDCE9E1DF97749\nclear\nunknown b\u00fccher.example\n"
     data = stream.encode("utf-8")
     chunks, offset = [], 0
     for cut in cuts:
@@ -36,28 +36,6 @@ def test_an_overlong_line_is_dropped_not_buffered():
     assert read_all([b"x" * (MAX_LINE + 10), b"x" * 10, b"\nclear\n"]) == ["clear"]
 
 
-class Port:
-    """A listening port's reading state, as :class:`continuity.app.Listener` pauses and resumes it."""
-
-    def __init__(self, fileno: int = 7):
-        self.reading = True
-        self._fileno = fileno
-
-    def fileno(self) -> int:
-        return self._fileno
-
-
-class FakeListener:
-    def __init__(self):
-        self.port = Port()
-
-    def pause(self) -> None:
-        self.port.reading = False
-
-    def resume(self) -> None:
-        self.port.reading = True
-
-
 class ServiceSide:
     """The SMTP workers service around one worker, with the intake's ``adopt`` recorded."""
 
@@ -65,8 +43,7 @@ class ServiceSide:
         self.clock = clock or Clock()
         self.adopted: list[str] = []
         self.results: list[Deferred] = []
-        self.listener = FakeListener()
-        self.workers = SMTPWorkers(self.clock, "/etc/continuity.toml", 1, {"smtp": self.listener}, self.adopt)
+        self.workers = SMTPWorkers(self.clock, "/etc/continuity.toml", 1, {"smtp": lambda: 7}, self.adopt)
         self.workers.running = True
         self.worker = _Worker(self.workers, 1)
         self.worker.transport = StringTransport()
@@ -99,24 +76,12 @@ def test_a_hand_over_that_fails_is_tried_again_later():
     assert len(service.adopted) == 2
 
 
-def test_the_service_accepts_only_while_no_worker_is_ready():
-    from twisted.internet.error import ProcessTerminated
-    from twisted.python.failure import Failure
-
-    service = ServiceSide()
-    assert service.listener.port.reading  # the worker is starting: the service takes the connections
-    service.worker.childDataReceived(3, b"ready\n")
-    assert not service.listener.port.reading
-    service.worker.processEnded(Failure(ProcessTerminated(1)))
-    assert service.listener.port.reading  # none left: the service again, until one is back
-
-
-def test_the_worker_hands_over_each_message_and_says_when_it_is_ready():
+def test_the_worker_hands_over_each_message():
     parent = _Parent(Clock())
     parent.makeConnection(StringTransport())
-    parent.ready()
     parent.spooled("0660EADDCE9E1DF97749")
-    assert parent.transport.value() == b"ready\nspooled 0660EADDCE9E1DF97749\n"
+    parent.spooled("0660EADDCE9E1DF97750")
+    assert parent.transport.value() == b"spooled 0660EADDCE9E1DF97749\nspooled 0660EADDCE9E1DF97750\n"
 
 
 def test_clear_drops_the_worker_s_cached_directory_answers():
@@ -146,7 +111,7 @@ def test_a_worker_that_keeps_ending_is_started_again_ever_more_slowly():
     from twisted.internet.error import ProcessTerminated
 
     clock = SpawningClock()
-    workers = SMTPWorkers(clock, "/etc/continuity.toml", 1, {"smtp": FakeListener()}, lambda queue_id: Deferred())
+    workers = SMTPWorkers(clock, "/etc/continuity.toml", 1, {"smtp": lambda: 7}, lambda queue_id: Deferred())
     workers.startService()
     (first, args, fds) = clock.spawned[0]
     assert fds[4] == 7 and "smtp=4" in args
