@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import random
 import re
-import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -124,12 +124,25 @@ def sized_base(base: str, size: int) -> str:
     return f"{base},S={size}"
 
 
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 class UniqueNames:
     """Source of collision-proof Maildir base names for one process.
 
     Time with microseconds, pid, a per-process counter and random bits make a
-    name unique across processes, hosts and quick successive deliveries; the
-    pid is read at each call, so a forked process stays unique too.
+    name unique across processes, hosts and quick successive deliveries. The
+    pid is kept from the last fork (a system call less per delivery), so a
+    forked process stays unique too; the random bits need not be secret, only
+    unlikely to repeat (no ``getrandom`` call per name).
     """
 
     def __init__(self, hostname: str, clock: Callable[[], float] = time.time):
@@ -145,4 +158,4 @@ class UniqueNames:
         micros = min(int((now - seconds) * 1_000_000), 999_999)
         with self._lock:
             counter = next(self._counter)
-        return f"{seconds}.M{micros:06d}P{os.getpid()}Q{counter}R{secrets.token_hex(4)}.{self.hostname}"
+        return f"{seconds}.M{micros:06d}P{_pid}Q{counter}R{random.getrandbits(32):08x}.{self.hostname}"

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
+import random
+import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator
 
 import attrs
@@ -26,7 +28,7 @@ from continuity import durable
 def new_queue_id(now: float | None = None) -> str:
     """A sortable, unique queue id: microseconds since the epoch in hex, then randomness."""
     micros = int((time.time() if now is None else now) * 1_000_000)
-    return f"{micros:014X}{secrets.token_hex(3).upper()}"
+    return f"{micros:014X}{random.getrandbits(24):06X}"  # unlikely to repeat, need not be secret
 
 
 @attrs.frozen
@@ -65,6 +67,8 @@ class MessageSpool:
         self.root = root
         self.messages_dir = os.path.join(root, "messages")
         self.tmp_dir = os.path.join(root, "tmp")
+        self._messages_fd: int | None = None  # messages/, opened at the first write and kept for its fsyncs
+        self._opening = threading.Lock()
 
     def prepare(self) -> None:
         """Create the directories and remove the half-written files of a crash (never acknowledged).
@@ -88,7 +92,17 @@ class MessageSpool:
     def write(self, envelope: SpoolEnvelope, chunks: Iterable[bytes]) -> int:
         """Write the spool file durably; return the message size (without the envelope line)."""
         line = envelope.to_line()
-        return durable.write_new(self.path(envelope.queue_id), [line, *chunks]) - len(line)
+        path = self.path(envelope.queue_id)
+        return durable.write_new(path, [line, *chunks], directory_fd=self._directory_fd()) - len(line)
+
+    def _directory_fd(self) -> int:
+        if self._messages_fd is None:
+            with self._opening:
+                if self._messages_fd is None:
+                    fd = os.open(self.messages_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                    weakref.finalize(self, os.close, fd)
+                    self._messages_fd = fd
+        return self._messages_fd
 
     def read_envelope(self, queue_id: str) -> SpoolEnvelope:
         with open(self.path(queue_id), "rb") as handle:
