@@ -5,9 +5,13 @@ server. It keeps the octets in one inbox and takes from it either a command
 line or, in DATA mode, octets for the :class:`~continuity.smtp.data.DataReader`
 (so the switch between the two happens exactly at the end of a line, never
 by a splitter that already cut the rest). A command whose work is a Deferred
-(a policy check) holds the inbox and pauses the transport until it has fired:
-replies go out in the order of the commands and a pipelined DATA sees the
-RCPTs before it (RFC 2920 3.1).
+(a policy check) holds the inbox until it has fired: replies go out in the
+order of the commands and a pipelined DATA sees the RCPTs before it (RFC 2920
+3.1). What arrives meanwhile waits in the inbox; only past :data:`PAUSE_AT`
+octets is the transport paused. Pausing at every such command cost two
+``epoll_ctl`` calls each (twice per message: at RCPT and at the end of DATA),
+and a client that waits for our reply, as nearly all do, sends nothing
+meanwhile anyway.
 
 Line limits: command lines may be 2048 octets (Postfix's line_length_limit;
 RFC 5321 4.5.3.1.4 says 512 but 4.5.3.1 asks servers to accept more), AUTH
@@ -30,8 +34,9 @@ COMMAND, DATA, AUTH = twisted_smtp.COMMAND, twisted_smtp.DATA, twisted_smtp.AUTH
 COMMAND_LINE_LIMIT = 2048
 AUTH_LINE_LIMIT = 12288
 UNTERMINATED_LINE_LIMIT = 64 * 1024
-# While a command's work is pending the transport is paused; a client that still
-# pushes this much (it may only pipeline commands, RFC 2920 3.1) is closed.
+# While a command's work is pending, input past this many octets pauses the transport.
+PAUSE_AT = 64 * 1024
+# A client that still pushes this much meanwhile (it may only pipeline commands, RFC 2920 3.1) is closed.
 PIPELINE_LIMIT = 1024 * 1024
 
 
@@ -60,6 +65,7 @@ class CommandPipeline:
     def _start_pipeline(self) -> None:
         self._inbox = bytearray()
         self._busy = False
+        self._paused = False
         self._closing = False
         self._lost = False
         self._discarding: int | None = None
@@ -70,6 +76,9 @@ class CommandPipeline:
         self.resetTimeout()
         self._inbox += data
         self._process()
+        if self._busy and not self._paused and len(self._inbox) > PAUSE_AT and not (self._lost or self._closing):
+            self._paused = True
+            self.transport.pauseProducing()
         if self._busy and self.mode != DATA and len(self._inbox) > PIPELINE_LIMIT:
             self._send(codes.PIPELINE_OVERFLOW.format(hostname=self.hostname))
 
@@ -104,7 +113,9 @@ class CommandPipeline:
                 self.log.failure("{session_id} unexpected error", outcome, session_id=self.session.session_id)
                 self._send(codes.INTERNAL_ERROR)
             if not state["synchronous"] and not (self._lost or self._closing):
-                self.transport.resumeProducing()
+                if self._paused:
+                    self._paused = False
+                    self.transport.resumeProducing()
                 self.setTimeout(self.timeout)
                 self._process()
 
@@ -112,7 +123,6 @@ class CommandPipeline:
         state["synchronous"] = False
         if self._busy and not (self._lost or self._closing):
             # The client waits for us: no idle timeout while the policy works.
-            self.transport.pauseProducing()
             self.setTimeout(None)
 
     def _line_limit(self) -> int:

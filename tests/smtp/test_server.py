@@ -565,9 +565,23 @@ def test_pipelined_commands_wait_for_a_slow_policy():
     client.policy.check_sender = lambda session, sender, parameters: pending
     replies = client.send(b"MAIL FROM:<bob@example.org>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
     assert replies == []
-    assert client.transport.producerState == "paused"
+    assert client.transport.producerState == "producing"  # a few commands wait in the inbox
     pending.callback(None)
     assert client.replies() == ["250 2.1.0 Ok", "250 2.1.5 Ok", "354 End data with <CR><LF>.<CR><LF>"]
+    assert client.transport.producerState == "producing"
+
+
+def test_input_piling_up_behind_a_slow_policy_pauses_the_transport_until_it_answers():
+    """Past 64 KiB waiting, the client is no longer read (it is not closed: that is 1 MiB)."""
+    client = connect()
+    client.ehlo()
+    pending = defer.Deferred()
+    client.policy.check_sender = lambda session, sender, parameters: pending
+    client.send(b"MAIL FROM:<bob@example.org>\r\n")
+    assert client.send(b"NOOP\r\n" * 5000) == [] and client.transport.producerState == "producing"
+    assert client.send(b"NOOP\r\n" * 10000) == [] and client.transport.producerState == "paused"
+    pending.callback(None)
+    assert client.replies()[:2] == ["250 2.1.0 Ok", "250 2.0.0 Ok"] and len(client.replies()) == 15001
     assert client.transport.producerState == "producing"
 
 
