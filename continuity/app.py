@@ -56,6 +56,8 @@ class Components:
     index: object = None
     intake: object = None
     directory_cache: object = None
+    #: Emergency mode's writes straight into the continuity mailboxes (the MX policy's).
+    direct: object = None
     #: 0 in the service process, N in SMTP worker N (:mod:`continuity.workers`).
     process: int = 0
     #: Called when a mode switch of ours has landed in the store: cached directory answers are stale.
@@ -140,20 +142,17 @@ class Listener(Service):
 
 def _smtp_factory(components: "Components", name: str) -> IProtocolFactory:
     from continuity.counters import SharedConnectionCounter
-    from continuity.delivery.direct import DirectDelivery
     from continuity.smtp.inbound import InboundPolicy
     from continuity.smtp.server import SMTPServerFactory
 
     config = components.config
-    direct = DirectDelivery(components.reactor, components.sql, components.io.run, components.directory,
-                            components.mailstore)
     connections = None
     if config.server.smtp_workers:
         # The service (process 0) and its workers accept on one socket: one count per client IP for all.
         connections = SharedConnectionCounter(config.limits.connections_per_ip, config.run_root, name,
                                               components.process, 1 + config.server.smtp_workers)
     policy = InboundPolicy(config, components.sql, components.directory_cache, components.index, components.intake,
-                           components.reactor, direct, connections)
+                           components.reactor, components.direct, connections)
     return SMTPServerFactory(policy, config.server.hostname, config.limits, tls_context=components.tls_context,
                              auth_enabled=False, require_tls_for_auth=config.tls.require_tls_for_auth,
                              clock=components.reactor)
@@ -331,6 +330,9 @@ def _components(config: Config, reactor, root: MultiService) -> Components:
     components.sent_copies = SentCopies(config.cs_sent_root)
     components.authenticator, components.realm = build_authenticator(
         components.directory, io.run, reactor, config.limits.auth_failures)
+    from continuity.delivery.direct import DirectDelivery
+
+    components.direct = DirectDelivery(reactor, sql, io.run, components.directory, components.mailstore)
     return components
 
 
@@ -361,18 +363,20 @@ class AdoptedListener(Listener):
         os.close(self._fileno)  # adoptStreamPort listens on a duplicate
 
 
-def build_smtp_worker(config: Config, reactor, number: int, adopted: dict[str, int],
-                      handoff: Callable[[str], None]) -> tuple[MultiService, Components]:
+def build_smtp_worker(config: Config, reactor, number: int, adopted: dict[str, int], parent) -> tuple[
+        MultiService, Components]:
     """An SMTP worker process (:mod:`continuity.workers`): the listeners in ``adopted`` (name -> fd) with their
-    policies and the spool. Each message it acknowledges goes to ``handoff(queue_id)`` once durable: the
-    service process indexes and delivers it. Only emergency mode's direct delivery writes mailboxes here."""
+    policies and the spool. Each message it acknowledges goes to ``parent.spooled(queue_id)`` once durable:
+    the service process indexes and delivers it. In emergency mode the worker writes the continuity mailboxes'
+    copies itself and hands their tracking rows over (``parent.delivered``): it writes nothing to the store."""
     from continuity.spool.store import MessageSpool
 
     root = ServiceStack()
     components = _components(config, reactor, root)
     components.process = number
     _, intake = _intake(components, MessageSpool(config.spool_root))  # the service process prepared it
-    intake.handoff = handoff
+    intake.handoff = parent.spooled
+    components.direct.hand_over = parent.delivered
     for name, fileno in adopted.items():
         AdoptedListener(name, fileno, protocol_factory(components, name), reactor).setServiceParent(root)
     return root, components
@@ -403,7 +407,8 @@ def build_service(config: Config, reactor) -> MultiService:
 
         # Added after the listeners: started once they listen, stopped before them.
         workers = SMTPWorkers(reactor, config.path, config.server.smtp_workers,
-                              {"smtp": lambda: listeners["smtp"].port.fileno()}, components.intake.adopt)
+                              {"smtp": lambda: listeners["smtp"].port.fileno()}, components.intake.adopt,
+                              components.direct.record)
         workers.setServiceParent(root)
         components.directory_changed.append(workers.directory_changed)
     log.info("continuity starting as {hostname}, data in {data_dir}",

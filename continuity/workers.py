@@ -20,7 +20,11 @@ The parent and a worker talk in lines over pipes:
 
 - worker fd 3 -> parent: ``spooled QUEUE_ID`` for each message it
   acknowledged (the parent indexes and delivers it,
-  :meth:`~continuity.spool.intake.MessageIntake.adopt`).
+  :meth:`~continuity.spool.intake.MessageIntake.adopt`); ``delivered JSON``
+  for each copy it wrote straight into a continuity mailbox in emergency
+  mode (the parent writes its tracking rows,
+  :meth:`~continuity.delivery.direct.DirectDelivery.record`). A worker writes
+  nothing to the store.
 - parent -> worker stdin: ``clear`` when a mode switch of ours landed (the
   worker's directory cache must not answer with the old mode); EOF when the
   parent is gone, and the worker stops.
@@ -40,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import os
 import signal
 import sys
@@ -101,6 +106,8 @@ class _Worker(protocol.ProcessProtocol):
         kind, _, rest = line.partition(" ")
         if kind == "spooled" and rest.isalnum():
             self.pool.adopt(rest, self.number)
+        elif kind == "delivered":
+            self.pool.delivered(rest, self.number)
         else:
             log.warn("smtp worker {number} sent an unknown report: {line}", number=self.number, line=line)
 
@@ -126,16 +133,18 @@ class SMTPWorkers(Service):
     adopt_retry = 30.0
 
     def __init__(self, reactor, config_path: str, count: int, listening: dict[str, Callable[[], int]],
-                 adopt: Callable[[str], Deferred]):
+                 adopt: Callable[[str], Deferred], record: Callable[..., Deferred]):
         """
         :param listening: name -> the file descriptor of the listening socket the workers share.
         :param adopt: index and deliver the message a worker spooled, by queue id.
+        :param record: write the tracking rows of a copy a worker delivered to a continuity mailbox.
         """
         self._reactor = reactor
         self._config_path = os.path.abspath(config_path)
         self._count = count
         self._listening = listening
         self._adopt = adopt
+        self._record = record
         self._workers: dict[int, _Worker] = {}
         self._started: dict[int, float] = {}
         self._quick_ends: dict[int, int] = {}
@@ -170,6 +179,17 @@ class SMTPWorkers(Service):
                 self._reactor.callLater(self.adopt_retry, self.adopt, queue_id, number)
 
         d.addErrback(failed)
+
+    def delivered(self, payload: str, number: int) -> None:
+        try:
+            queue_id, message_id, sender, client, now, recipient, mailbox, ref = json.loads(payload)
+            d = self._record(queue_id, message_id, sender, client, now, [(recipient, mailbox, ref)])
+        except Exception:
+            log.failure("smtp worker {number} sent a delivery report that could not be recorded: {payload}",
+                        number=number, payload=payload)
+            return
+        d.addErrback(lambda f: log.failure("tracking {queue_id} from smtp worker {number} failed", f,
+                                           queue_id=queue_id, number=number))
 
     def ended(self, worker: _Worker, reason: Failure) -> None:
         if self._workers.get(worker.number) is not worker:
@@ -214,7 +234,7 @@ class SMTPWorkers(Service):
 
 
 class _Parent(protocol.Protocol):
-    """The worker's end of the pipes: reports out on fd 3 (``spooled QUEUE_ID``), lines in on stdin."""
+    """The worker's end of the pipes: reports out on fd 3 (``spooled``, ``delivered``), lines in on stdin."""
 
     def __init__(self, reactor):
         self._reactor = reactor
@@ -224,6 +244,13 @@ class _Parent(protocol.Protocol):
     def spooled(self, queue_id: str) -> None:
         """The message is durable in the spool: the service process indexes and delivers it."""
         self.transport.write(f"spooled {queue_id}\n".encode("ascii"))
+
+    def delivered(self, queue_id: str, message_id: str | None, sender: str, client: str | None, now: float,
+                  copies) -> None:
+        """Copies written straight into continuity mailboxes: the service process writes their tracking rows."""
+        for recipient, mailbox, ref in copies:  # a line each: many recipients must not make one too long
+            line = json.dumps([queue_id, message_id, sender, client, now, recipient, mailbox, ref])
+            self.transport.write(f"delivered {line}\n".encode("utf-8"))
 
     def dataReceived(self, data: bytes) -> None:
         self._lines.feed(data)
@@ -276,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
 
     adopted = {name: int(fd) for name, _, fd in (item.partition("=") for item in args.listen)}
     parent = _Parent(reactor)
-    root, components = build_smtp_worker(load_config(args.config), reactor, args.number, adopted, parent.spooled)
+    root, components = build_smtp_worker(load_config(args.config), reactor, args.number, adopted, parent)
     parent.cleared = components.directory_cache.clear
     stdio.StandardIO(parent, stdin=0, stdout=REPORTS_FD, reactor=reactor)
     reactor.callWhenRunning(root.startService)

@@ -43,11 +43,17 @@ class ServiceSide:
         self.clock = clock or Clock()
         self.adopted: list[str] = []
         self.results: list[Deferred] = []
-        self.workers = SMTPWorkers(self.clock, "/etc/continuity.toml", 1, {"smtp": lambda: 7}, self.adopt)
+        self.recorded: list[tuple] = []
+        self.workers = SMTPWorkers(self.clock, "/etc/continuity.toml", 1, {"smtp": lambda: 7}, self.adopt,
+                                   self.record)
         self.workers.running = True
         self.worker = _Worker(self.workers, 1)
         self.worker.transport = StringTransport()
         self.workers._workers[1] = self.worker
+
+    def record(self, *row) -> Deferred[None]:
+        self.recorded.append(row)
+        return Deferred()
 
     def adopt(self, queue_id: str) -> Deferred[None]:
         self.adopted.append(queue_id)
@@ -84,6 +90,25 @@ def test_the_worker_hands_over_each_message():
     assert parent.transport.value() == b"spooled 0660EADDCE9E1DF97749\nspooled 0660EADDCE9E1DF97750\n"
 
 
+def test_a_worker_s_mailbox_copies_are_tracked_by_the_service_one_line_each():
+    """Each copy is a line of its own (a thousand recipients must not make one line too long to read)."""
+    parent = _Parent(Clock())
+    parent.makeConnection(StringTransport())
+    copies = [(f"user{n}@example.com", f"user{n}@example.com", f"1700000000.M1P2Q{n}R3.mx,S=99") for n in range(1000)]
+    parent.delivered("0660EADDCE9E1DF97749", None, "alice@sender.example", "192.0.2.1", 1_800_000_000.5, copies)
+    service = ServiceSide()
+    service.worker.childDataReceived(3, parent.transport.value())
+    assert len(service.recorded) == 1000
+    assert service.recorded[7] == ("0660EADDCE9E1DF97749", None, "alice@sender.example", "192.0.2.1",
+                                   1_800_000_000.5, [copies[7]])
+
+
+def test_a_garbled_delivery_report_is_logged_not_raised():
+    service = ServiceSide()
+    service.worker.childDataReceived(3, b'delivered ["only", "three", "fields"]\ndelivered {not json\n')
+    assert service.recorded == []
+
+
 def test_clear_drops_the_worker_s_cached_directory_answers():
     parent = _Parent(Clock())
     cleared: list = []
@@ -111,7 +136,8 @@ def test_a_worker_that_keeps_ending_is_started_again_ever_more_slowly():
     from twisted.internet.error import ProcessTerminated
 
     clock = SpawningClock()
-    workers = SMTPWorkers(clock, "/etc/continuity.toml", 1, {"smtp": lambda: 7}, lambda queue_id: Deferred())
+    workers = SMTPWorkers(clock, "/etc/continuity.toml", 1, {"smtp": lambda: 7}, lambda queue_id: Deferred(),
+                          lambda *row: Deferred())
     workers.startService()
     (first, args, fds) = clock.spawned[0]
     assert fds[4] == 7 and "smtp=4" in args

@@ -12,8 +12,10 @@ from continuity.testing.upstream import OK
 MESSAGE = b"Subject: hello\r\nMessage-ID: <d1@sender.example>\r\n\r\nHi.\r\n"
 
 
-def deliver(stack: DeliveryStack, recipients: list[str], queue_id: str = "0660E9766B72C6F0B5B8") -> list | None:
+def deliver(stack: DeliveryStack, recipients: list[str], queue_id: str = "0660E9766B72C6F0B5B8",
+            hand_over=None) -> list | None:
     direct = DirectDelivery(stack.clock, stack.sql, stack.io, stack.directory, stack.mailstore)
+    direct.hand_over = hand_over
     results: list = []
     Deferred.fromCoroutine(direct.deliver(
         queue_id=queue_id, sender="alice@sender.example", recipients=recipients,
@@ -98,3 +100,23 @@ def test_a_first_copy_that_fails_leaves_the_whole_message_to_the_spool(stack, mo
     monkeypatch.setattr(stack.mailstore, "deliver", failing)
     assert deliver(stack, ["bob@example.com"]) is None
     assert stack.tracking("bob@example.com") == []
+
+
+def test_in_an_smtp_worker_the_tracking_rows_are_handed_to_the_service(stack):
+    """The worker writes the copy and nothing to the store; the service's record() writes the same rows."""
+    emergency(stack, users=["bob@example.com"])
+    handed: list = []
+    stack.clock.advance(5)
+    assert deliver(stack, ["bob@example.com"], hand_over=lambda *report: handed.append(report)) == []
+    assert len(stack.inbox("bob@example.com")) == 1 and stack.tracking("bob@example.com") == []
+    ((queue_id, message_id, sender, client, now, copies),) = handed
+    assert (queue_id, message_id, sender, client, now) == (
+        "0660E9766B72C6F0B5B8", "<d1@sender.example>", "alice@sender.example", "192.0.2.1", stack.clock.seconds())
+    ((recipient, mailbox, ref),) = copies
+    service = DirectDelivery(stack.clock, stack.sql, stack.io, stack.directory, stack.mailstore)
+    stack.clock.advance(1)
+    service.record(queue_id, message_id, sender, client, now, copies)
+    (row,) = stack.tracking("bob@example.com")
+    assert row["status"] == "delayed" and row["time"] == "2027-01-15T08:00:05+00:00"  # the worker's time
+    ref_of = stack.db.read("SELECT mailbox_ref FROM tracking WHERE recipient = ?", ("bob@example.com",))
+    assert [r[0] for r in ref_of] == [f"bob@example.com/{ref}"]
