@@ -58,6 +58,8 @@ class Components:
     directory_cache: object = None
     #: Emergency mode's writes straight into the continuity mailboxes (the MX policy's).
     direct: object = None
+    #: In an SMTP worker: its pipe to the service process, which indexes, delivers and tracks for it.
+    parent: object = None
     #: 0 in the service process, N in SMTP worker N (:mod:`continuity.workers`).
     process: int = 0
     #: Called when a mode switch of ours has landed in the store: cached directory answers are stale.
@@ -153,6 +155,8 @@ def _smtp_factory(components: "Components", name: str) -> IProtocolFactory:
                                               components.process, 1 + config.server.smtp_workers)
     policy = InboundPolicy(config, components.sql, components.directory_cache, components.index, components.intake,
                            components.reactor, components.direct, connections)
+    if components.parent is not None:
+        policy.hand_over = components.parent.rejected
     return SMTPServerFactory(policy, config.server.hostname, config.limits, tls_context=components.tls_context,
                              auth_enabled=False, require_tls_for_auth=config.tls.require_tls_for_auth,
                              clock=components.reactor)
@@ -368,14 +372,15 @@ def build_smtp_worker(config: Config, reactor, number: int, adopted: dict[str, i
     """An SMTP worker process (:mod:`continuity.workers`): the listeners in ``adopted`` (name -> fd) with their
     policies and the spool. Each message it acknowledges goes to ``parent.spooled(queue_id)`` once durable:
     the service process indexes and delivers it. In emergency mode the worker writes the continuity mailboxes'
-    copies itself and hands their tracking rows over (``parent.delivered``): it writes nothing to the store."""
+    copies itself and hands their tracking rows over (``parent.delivered``), as those of refused recipients
+    (``parent.rejected``): it writes nothing to the store."""
     from continuity.spool.store import MessageSpool
 
     root = ServiceStack()
     components = _components(config, reactor, root)
-    components.process = number
+    components.process, components.parent = number, parent
     _, intake = _intake(components, MessageSpool(config.spool_root))  # the service process prepared it
-    intake.handoff = parent.spooled
+    intake.hand_over = parent.spooled
     components.direct.hand_over = parent.delivered
     for name, fileno in adopted.items():
         AdoptedListener(name, fileno, protocol_factory(components, name), reactor).setServiceParent(root)
@@ -408,7 +413,8 @@ def build_service(config: Config, reactor) -> MultiService:
         # Added after the listeners: started once they listen, stopped before them.
         workers = SMTPWorkers(reactor, config.path, config.server.smtp_workers,
                               {"smtp": lambda: listeners["smtp"].port.fileno()}, components.intake.adopt,
-                              components.direct.record)
+                              components.direct.record,
+                              lambda *refused: components.sql.run(components.index.record_rejection, *refused))
         workers.setServiceParent(root)
         components.directory_changed.append(workers.directory_changed)
     log.info("continuity starting as {hostname}, data in {data_dir}",

@@ -23,8 +23,9 @@ The parent and a worker talk in lines over pipes:
   :meth:`~continuity.spool.intake.MessageIntake.adopt`); ``delivered JSON``
   for each copy it wrote straight into a continuity mailbox in emergency
   mode (the parent writes its tracking rows,
-  :meth:`~continuity.delivery.direct.DirectDelivery.record`). A worker writes
-  nothing to the store.
+  :meth:`~continuity.delivery.direct.DirectDelivery.record`); ``rejected
+  JSON`` for each recipient it refused (the parent tracks it). A worker
+  writes nothing to the store.
 - parent -> worker stdin: ``clear`` when a mode switch of ours landed (the
   worker's directory cache must not answer with the old mode); EOF when the
   parent is gone, and the worker stops.
@@ -108,6 +109,8 @@ class _Worker(protocol.ProcessProtocol):
             self.pool.adopt(rest, self.number)
         elif kind == "delivered":
             self.pool.delivered(rest, self.number)
+        elif kind == "rejected":
+            self.pool.rejected(rest, self.number)
         else:
             log.warn("smtp worker {number} sent an unknown report: {line}", number=self.number, line=line)
 
@@ -133,11 +136,13 @@ class SMTPWorkers(Service):
     adopt_retry = 30.0
 
     def __init__(self, reactor, config_path: str, count: int, listening: dict[str, Callable[[], int]],
-                 adopt: Callable[[str], Deferred], record: Callable[..., Deferred]):
+                 adopt: Callable[[str], Deferred], record: Callable[..., Deferred],
+                 reject: Callable[[str, str, str], Deferred]):
         """
         :param listening: name -> the file descriptor of the listening socket the workers share.
         :param adopt: index and deliver the message a worker spooled, by queue id.
         :param record: write the tracking rows of a copy a worker delivered to a continuity mailbox.
+        :param reject: write the tracking row of a recipient a worker refused (sender, recipient, detail).
         """
         self._reactor = reactor
         self._config_path = os.path.abspath(config_path)
@@ -145,6 +150,7 @@ class SMTPWorkers(Service):
         self._listening = listening
         self._adopt = adopt
         self._record = record
+        self._reject = reject
         self._workers: dict[int, _Worker] = {}
         self._started: dict[int, float] = {}
         self._quick_ends: dict[int, int] = {}
@@ -191,6 +197,17 @@ class SMTPWorkers(Service):
         d.addErrback(lambda f: log.failure("tracking {queue_id} from smtp worker {number} failed", f,
                                            queue_id=queue_id, number=number))
 
+    def rejected(self, payload: str, number: int) -> None:
+        try:
+            sender, recipient, detail = json.loads(payload)
+            d = self._reject(sender, recipient, detail)
+        except Exception:
+            log.failure("smtp worker {number} sent a rejection report that could not be recorded: {payload}",
+                        number=number, payload=payload)
+            return
+        d.addErrback(lambda f: log.failure("tracking a rejection from smtp worker {number} failed", f,
+                                           number=number))
+
     def ended(self, worker: _Worker, reason: Failure) -> None:
         if self._workers.get(worker.number) is not worker:
             return
@@ -234,7 +251,8 @@ class SMTPWorkers(Service):
 
 
 class _Parent(protocol.Protocol):
-    """The worker's end of the pipes: reports out on fd 3 (``spooled``, ``delivered``), lines in on stdin."""
+    """The worker's end of the pipes: reports out on fd 3 (``spooled``, ``delivered``, ``rejected``), lines in
+    on stdin."""
 
     def __init__(self, reactor):
         self._reactor = reactor
@@ -251,6 +269,11 @@ class _Parent(protocol.Protocol):
         for recipient, mailbox, ref in copies:  # a line each: many recipients must not make one too long
             line = json.dumps([queue_id, message_id, sender, client, now, recipient, mailbox, ref])
             self.transport.write(f"delivered {line}\n".encode("utf-8"))
+
+    def rejected(self, sender: str, recipient: str, detail: str) -> None:
+        """A recipient refused at RCPT: the service process writes its tracking row."""
+        line = json.dumps([sender, recipient, detail[:2000]])
+        self.transport.write(f"rejected {line}\n".encode("utf-8"))
 
     def dataReceived(self, data: bytes) -> None:
         self._lines.feed(data)

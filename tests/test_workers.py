@@ -44,8 +44,9 @@ class ServiceSide:
         self.adopted: list[str] = []
         self.results: list[Deferred] = []
         self.recorded: list[tuple] = []
+        self.rejected: list[tuple] = []
         self.workers = SMTPWorkers(self.clock, "/etc/continuity.toml", 1, {"smtp": lambda: 7}, self.adopt,
-                                   self.record)
+                                   self.record, lambda *row: self.rejected.append(row) or Deferred())
         self.workers.running = True
         self.worker = _Worker(self.workers, 1)
         self.worker.transport = StringTransport()
@@ -103,6 +104,15 @@ def test_a_worker_s_mailbox_copies_are_tracked_by_the_service_one_line_each():
                                    1_800_000_000.5, [copies[7]])
 
 
+def test_a_worker_s_refused_recipients_are_tracked_by_the_service():
+    parent = _Parent(Clock())
+    parent.makeConnection(StringTransport())
+    parent.rejected("", "nobody@example.com", "user unknown in emergency mode (client 192.0.2.1)")
+    service = ServiceSide()
+    service.worker.childDataReceived(3, parent.transport.value())
+    assert service.rejected == [("", "nobody@example.com", "user unknown in emergency mode (client 192.0.2.1)")]
+
+
 def test_a_garbled_delivery_report_is_logged_not_raised():
     service = ServiceSide()
     service.worker.childDataReceived(3, b'delivered ["only", "three", "fields"]\ndelivered {not json\n')
@@ -137,7 +147,7 @@ def test_a_worker_that_keeps_ending_is_started_again_ever_more_slowly():
 
     clock = SpawningClock()
     workers = SMTPWorkers(clock, "/etc/continuity.toml", 1, {"smtp": lambda: 7}, lambda queue_id: Deferred(),
-                          lambda *row: Deferred())
+                          lambda *row: Deferred(), lambda *row: Deferred())
     workers.startService()
     (first, args, fds) = clock.spawned[0]
     assert fds[4] == 7 and "smtp=4" in args

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import email.utils
 import ipaddress
+from collections.abc import Callable
 
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -92,6 +93,9 @@ class InboundPolicy:
         self._senders: dict[str, str] = {}  # session id -> current MAIL FROM, for tracking rejections
         # session id -> {recipient domain: hosted?} as RCPT found it in this transaction
         self._hosted: dict[str, dict[str, bool]] = {}
+        #: Set in an SMTP worker: ``hand_over(sender, recipient, detail)`` passes a refused recipient's
+        #: tracking row to the service process, which writes it (a worker writes nothing to the store).
+        self.hand_over: Callable[[str, str, str], None] | None = None
 
     def connection_made(self, session: Session) -> None:
         self._connections.acquire(session)
@@ -133,7 +137,11 @@ class InboundPolicy:
         sender = self._senders.get(session.session_id, "")
         self.log.info("{session}: rejected RCPT {recipient} from {ip}: {detail}", session=session.session_id,
                       recipient=str(recipient), ip=session.peer_ip, detail=detail)
-        await self._sql.run(self._index.record_rejection, sender, str(recipient), f"{detail} (client {session.peer_ip})")
+        detail = f"{detail} (client {session.peer_ip})"
+        if self.hand_over is not None:
+            self.hand_over(sender, str(recipient), detail)
+        else:
+            await self._sql.run(self._index.record_rejection, sender, str(recipient), detail)
 
     async def accept_message(self, session: Session, envelope: Envelope, data: bytes) -> str:
         queue_id = new_queue_id(self._clock.seconds())

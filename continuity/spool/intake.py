@@ -53,9 +53,9 @@ class MessageIntake:
         self.kick = kick
         #: On the SQL thread, with the new rows: claim and route them (the result is passed to ``kick``).
         self.claim: Callable[[list[QueueEntry]], Any] | None = None
-        #: In an SMTP worker: ``handoff(queue_id)`` once the file is durable, and no index rows here; the
+        #: In an SMTP worker: ``hand_over(queue_id)`` once the file is durable, and no index rows here; the
         #: service process indexes and delivers it (:meth:`adopt`).
-        self.handoff: Callable[[str], None] | None = None
+        self.hand_over: Callable[[str], None] | None = None
 
     async def accept(self, *, sender: str, recipients: Sequence[str], chunks: Sequence[bytes], direction: str,
                      origin: str, client: str | None = None, auth_user: str | None = None,
@@ -74,10 +74,10 @@ class MessageIntake:
             message_id=message_id_of(b"".join(chunk[:HEADER_LIMIT] for chunk in chunks[:2])),
             extra=extra,
         )
-        if self.handoff is not None:
+        if self.hand_over is not None:
             # The file is the message: the service process indexes it from there.
             await self._io(self._spool.write, envelope, chunks)
-            self.handoff(queue_id)
+            self.hand_over(queue_id)
             return queue_id
         indexed: Deferred[tuple[int, Any]] = Deferred()
         self._io.spawn(self._write_then_index, envelope, chunks, directions, indexed)

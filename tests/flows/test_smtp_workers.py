@@ -186,3 +186,16 @@ def test_connections_per_ip_count_across_the_service_and_its_worker(tmp_path, sm
         for conn in opened:
             conn.close()
         mx.stop()
+
+
+def test_a_worker_s_refusals_are_tracked_by_the_service(mx):
+    """A worker writes nothing to the store: its 550s reach `track` through the service process."""
+    with service_process_stopped(mx):
+        with smtplib.SMTP("127.0.0.1", mx.port, timeout=10) as client:
+            client.ehlo("client.sender.example")
+            client.mail("alice@sender.example")
+            code, _ = client.rcpt("someone@elsewhere.example")
+    assert code == 550
+    rows = wait_until(lambda: mx.cli.json("track", "--recipient", "someone@elsewhere.example"), timeout=10,
+                      what="the refusal's tracking row")
+    assert [row["status"] for row in rows] == ["rejected"]

@@ -77,6 +77,17 @@ def test_unhosted_domain_is_refused_550_5_7_1(stack):
     assert row["status"] == "rejected" and row["sender"] == "alice@sender.example"
 
 
+def test_in_an_smtp_worker_a_refusal_s_tracking_row_is_handed_to_the_service(stack):
+    """The worker writes nothing to the store: the refusal goes over its pipe, the 550 as before."""
+    smtp = factory(stack)
+    handed: list = []
+    smtp.policy.hand_over = lambda *row: handed.append(row)
+    reply = Session(smtp).rcpt("someone@elsewhere.example")
+    assert reply == "550 5.7.1 <someone@elsewhere.example>: Relay access denied"
+    assert stack.tracking("someone@elsewhere.example") == []
+    assert handed == [("alice@sender.example", "someone@elsewhere.example", "relay access denied (client 192.0.2.7)")]
+
+
 def test_relay_networks_may_send_to_unhosted_domains(stack):
     """A client in relay_networks may relay to any domain (the customer's outbound mail)."""
     outbound = attrs.evolve(stack.config.outbound, relay_networks=(ipaddress.ip_network("192.0.2.0/24"),))

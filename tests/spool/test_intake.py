@@ -162,10 +162,10 @@ def test_a_failed_claim_still_gives_the_client_its_250(parts):
     assert (entry.state, entry.attempts) == ("queued", 0) and parts.kicked == [queue_id]
 
 
-def test_with_a_handoff_accept_writes_the_file_and_hands_it_over_unindexed(parts):
+def test_with_a_hand_over_accept_writes_the_file_and_hands_it_over_unindexed(parts):
     """An SMTP worker's intake: the durable file is the message; the service process indexes it (adopt)."""
     handed: list[str] = []
-    parts.intake.handoff = handed.append
+    parts.intake.hand_over = handed.append
     queue_id = parts.accept(["bob@example.com"])
     assert handed == [queue_id] and parts.kicked == []
     assert parts.spool.read(queue_id)[1] == b"Received: by us\r\n" + MESSAGE
@@ -174,9 +174,9 @@ def test_with_a_handoff_accept_writes_the_file_and_hands_it_over_unindexed(parts
 
 def test_adopt_indexes_claims_and_kicks_a_handed_over_file_once(parts):
     """The service's side: the file's envelope is indexed and claimed, and the runner gets the message."""
-    parts.intake.handoff = lambda queue_id: None
+    parts.intake.hand_over = lambda queue_id: None
     queue_id = parts.accept(["bob@example.com", "carol@example.com"])
-    parts.intake.handoff = None
+    parts.intake.hand_over = None
     claimed = []
     parts.intake.claim = lambda entries: claimed.append([e.recipient for e in entries]) or "routes"
     parts.intake.kick = lambda queue_id, message, routes: parts.kicked.append((queue_id, message, routes))
@@ -191,7 +191,7 @@ def test_adopt_indexes_claims_and_kicks_a_handed_over_file_once(parts):
 
 def test_adopt_keeps_each_recipient_s_direction(parts):
     """A relay client's message to a hosted and an outside address: each row keeps its direction."""
-    parts.intake.handoff = lambda queue_id: None
+    parts.intake.hand_over = lambda queue_id: None
     queue_id = parts.run(parts.intake.accept(
         sender="alice@example.com", recipients=["bob@example.com", "eve@elsewhere.example"], chunks=[MESSAGE],
         direction="outbound", origin="smtp", directions=["inbound", "outbound"]))
@@ -205,7 +205,7 @@ def test_adopt_leaves_a_large_message_for_the_runner_to_read(parts, monkeypatch)
     from continuity.spool import intake
 
     monkeypatch.setattr(intake, "HANDOFF_LIMIT", 10)
-    parts.intake.handoff = lambda queue_id: None
+    parts.intake.hand_over = lambda queue_id: None
     queue_id = parts.accept(["bob@example.com"])
     parts.intake.kick = lambda queue_id, message, routes: parts.kicked.append((queue_id, message))
     parts.intake.adopt(queue_id)
