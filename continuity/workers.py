@@ -179,6 +179,10 @@ class SMTPWorkers(Service):
         d = self._adopt(queue_id)
 
         def failed(failure: Failure) -> None:
+            if failure.check(FileNotFoundError):  # no such spool file: nothing to index, ever
+                log.failure("smtp worker {number} handed over {queue_id}, which is not in the spool", failure,
+                            queue_id=queue_id, number=number)
+                return
             log.failure("indexing {queue_id} from smtp worker {number} failed; trying again in {delay:g} s",
                         failure, queue_id=queue_id, number=number, delay=self.adopt_retry)
             if self.running:
@@ -187,25 +191,23 @@ class SMTPWorkers(Service):
         d.addErrback(failed)
 
     def delivered(self, payload: str, number: int) -> None:
-        try:
-            queue_id, message_id, sender, client, now, recipient, mailbox, ref = json.loads(payload)
-            d = self._record(queue_id, message_id, sender, client, now, [(recipient, mailbox, ref)])
-        except Exception:
-            log.failure("smtp worker {number} sent a delivery report that could not be recorded: {payload}",
-                        number=number, payload=payload)
-            return
-        d.addErrback(lambda f: log.failure("tracking {queue_id} from smtp worker {number} failed", f,
-                                           queue_id=queue_id, number=number))
+        def record(queue_id, message_id, sender, client, now, recipient, mailbox, ref) -> Deferred:
+            return self._record(queue_id, message_id, sender, client, now, [(recipient, mailbox, ref)])
+
+        self._track("a delivery", payload, number, record)
 
     def rejected(self, payload: str, number: int) -> None:
+        self._track("a rejection", payload, number, self._reject)
+
+    def _track(self, what: str, payload: str, number: int, record: Callable[..., Deferred]) -> None:
+        """Write the tracking rows a worker reported (a JSON array of ``record``'s arguments)."""
         try:
-            sender, recipient, detail = json.loads(payload)
-            d = self._reject(sender, recipient, detail)
+            d = record(*json.loads(payload))
         except Exception:
-            log.failure("smtp worker {number} sent a rejection report that could not be recorded: {payload}",
-                        number=number, payload=payload)
+            log.failure("smtp worker {number} sent {what} that could not be recorded: {payload}",
+                        number=number, what=what, payload=payload)
             return
-        d.addErrback(lambda f: log.failure("tracking a rejection from smtp worker {number} failed", f,
+        d.addErrback(lambda f: log.failure("tracking {what} from smtp worker {number} failed", f, what=what,
                                            number=number))
 
     def ended(self, worker: _Worker, reason: Failure) -> None:

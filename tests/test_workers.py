@@ -83,6 +83,14 @@ def test_a_hand_over_that_fails_is_tried_again_later():
     assert len(service.adopted) == 2
 
 
+def test_a_hand_over_of_a_file_not_in_the_spool_is_not_tried_again():
+    service = ServiceSide()
+    service.worker.childDataReceived(3, b"spooled 0660EADDCE9E1DF97749\n")
+    service.results[0].errback(FileNotFoundError(2, "No such file or directory"))
+    service.clock.advance(SMTPWorkers.adopt_retry * 3)
+    assert service.adopted == ["0660EADDCE9E1DF97749"]
+
+
 def test_the_worker_hands_over_each_message():
     parent = _Parent(Clock())
     parent.makeConnection(StringTransport())
