@@ -18,7 +18,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from continuity import durable, tls
@@ -28,6 +28,7 @@ from continuity.directory.cache import DirectoryCache
 from continuity.directory.cred import build_authenticator
 from continuity.directory.store import Directory
 from continuity.failover.cssent import SentCopies
+from continuity.logs import STDOUT, file_observer
 from continuity.mailstore import MaildirStore
 from continuity.threads import WorkerThreads
 
@@ -81,6 +82,15 @@ class ServiceStack(MultiService):
     connection pool (added later), whose work in flight still runs on them: a
     job submitted to a stopped thread never finishes, and shut-down would hang.
     """
+
+    #: twistd's log observer for the application this joins (:mod:`continuity.logs`), if set.
+    log_observer = None
+
+    def setServiceParent(self, parent) -> None:
+        super().setServiceParent(parent)
+        if self.log_observer is not None and hasattr(parent, "setComponent"):
+            # twistd starts logging with an application's ILogObserver component in place of its own.
+            parent.setComponent(ILogObserver, self.log_observer)
 
     def stopService(self):
         Service.stopService(self)
@@ -387,9 +397,15 @@ def build_smtp_worker(config: Config, reactor, number: int, adopted: dict[str, i
     return root, components
 
 
-def build_service(config: Config, reactor) -> MultiService:
-    """The whole service for ``config`` on ``reactor``."""
+def build_service(config: Config, reactor, logs: str | None = None) -> MultiService:
+    """The whole service for ``config`` on ``reactor``.
+
+    :param logs: where twistd logs (:func:`continuity.logs.destination`); to a file, the service's log file
+        is opened for appending and the SMTP workers append to it too.
+    """
     root = ServiceStack()
+    if logs not in (None, STDOUT):
+        root.log_observer = file_observer(logs)
     components = _components(config, reactor, root)
     # Only here: preparing removes half-written files, which in an SMTP worker could be this process's.
     components.sent_copies.prepare()
@@ -414,7 +430,8 @@ def build_service(config: Config, reactor) -> MultiService:
         workers = SMTPWorkers(reactor, config.path, config.server.smtp_workers,
                               {"smtp": lambda: listeners["smtp"].port.fileno()}, components.intake.adopt,
                               components.direct.record,
-                              lambda *refused: components.sql.run(components.index.record_rejection, *refused))
+                              lambda *refused: components.sql.run(components.index.record_rejection, *refused),
+                              logs)
         workers.setServiceParent(root)
         components.directory_changed.append(workers.directory_changed)
     log.info("continuity starting as {hostname}, data in {data_dir}",

@@ -23,10 +23,12 @@ def makeService(options: Options):
     from twisted.internet import reactor
 
     from continuity.app import StartupError, build_service
+    from continuity.logs import destination
 
     try:
         config = load_config(config_path_from(options["config"]))
-        return build_service(config, reactor)
+        # twistd's own options (--logfile, --nodaemon, --syslog) say where the log goes.
+        return build_service(config, reactor, destination(getattr(options, "parent", None)))
     except (ConfigError, StartupError) as exc:
         # One clear line, no traceback, non-zero exit (CONTRACT section 2).
         sys.stderr.write(f"continuity: {'config error: ' if isinstance(exc, ConfigError) else ''}{exc}\n")

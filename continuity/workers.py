@@ -29,7 +29,10 @@ The parent and a worker talk in lines over pipes:
 - parent -> worker stdin: ``clear`` when a mode switch of ours landed (the
   worker's directory cache must not answer with the old mode); EOF when the
   parent is gone, and the worker stops.
-- worker stdout and stderr: log lines, logged again by the parent.
+- worker stdout and stderr: log lines, logged again by the parent, when the
+  service logs to syslog; to a file or stdout the worker writes its own
+  lines (:mod:`continuity.logs`), and only what it writes on stderr (a crash
+  before its logging started) comes through the parent.
 
 A file whose ``spooled`` line the parent never read (it was stopping, or
 killed) is indexed at the next start, as after a crash
@@ -56,6 +59,8 @@ from twisted.internet import error, protocol
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger, formatEvent, globalLogBeginner
 from twisted.python.failure import Failure
+
+from continuity.logs import STDOUT, WorkerLog
 
 log = Logger()
 
@@ -137,9 +142,11 @@ class SMTPWorkers(Service):
 
     def __init__(self, reactor, config_path: str, count: int, listening: dict[str, Callable[[], int]],
                  adopt: Callable[[str], Deferred], record: Callable[..., Deferred],
-                 reject: Callable[[str, str, str], Deferred]):
+                 reject: Callable[[str, str, str], Deferred], logs: str | None = None):
         """
         :param listening: name -> the file descriptor of the listening socket the workers share.
+        :param logs: where the service logs (:func:`continuity.logs.destination`): a worker appends its own
+            lines to that file, or writes them to the service's stdout; None: it sends them to the service.
         :param adopt: index and deliver the message a worker spooled, by queue id.
         :param record: write the tracking rows of a copy a worker delivered to a continuity mailbox.
         :param reject: write the tracking row of a recipient a worker refused (sender, recipient, detail).
@@ -151,6 +158,7 @@ class SMTPWorkers(Service):
         self._adopt = adopt
         self._record = record
         self._reject = reject
+        self._logs = logs
         self._workers: dict[int, _Worker] = {}
         self._started: dict[int, float] = {}
         self._quick_ends: dict[int, int] = {}
@@ -167,6 +175,11 @@ class SMTPWorkers(Service):
         child_fds: dict[int, str | int] = {0: "w", 1: "r", 2: "r", REPORTS_FD: "r"}
         argv = [sys.executable, "-m", "continuity.workers", "--config", self._config_path,
                 "--parent", str(os.getpid()), "--number", str(number)]
+        if self._logs == STDOUT:
+            child_fds[1] = 1
+            argv += ["--log", STDOUT]
+        elif self._logs is not None:
+            argv += ["--log", self._logs]
         for offset, (name, fileno) in enumerate(sorted(self._listening.items())):
             child_fds[FIRST_LISTEN_FD + offset] = fileno()
             argv += ["--listen", f"{name}={FIRST_LISTEN_FD + offset}"]
@@ -302,7 +315,7 @@ def _stop_with_parent(parent: int) -> None:
         raise SystemExit(0)
 
 
-def _log_to_stdout(event: dict) -> None:
+def _log_to_parent(event: dict) -> None:
     text = formatEvent(event)
     if event.get("log_failure") is not None:
         text = f"{text}\n{event['log_failure'].getTraceback()}"
@@ -316,10 +329,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", required=True)
     parser.add_argument("--parent", type=int, required=True)
     parser.add_argument("--number", type=int, required=True)
+    parser.add_argument("--log", metavar="PATH", help="append log lines to this file ('-': stdout) instead of "
+                                                      "sending them to the service process")
     parser.add_argument("--listen", action="append", default=[], metavar="NAME=FD")
     args = parser.parse_args(argv)
     _stop_with_parent(args.parent)
-    globalLogBeginner.beginLoggingTo([_log_to_stdout], redirectStandardIO=False)
+    if args.log is None:
+        observer = _log_to_parent
+    else:
+        observer = WorkerLog(args.number, None if args.log == STDOUT else args.log)
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
     from twisted.internet import reactor, stdio
 

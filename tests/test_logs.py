@@ -1,0 +1,79 @@
+"""Log lines of the service and its SMTP workers in one place: twistd's destination, appending, rotation."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from twisted.logger import LogLevel
+from twisted.scripts.twistd import ServerOptions
+
+from continuity.logs import STDOUT, AppendingLogFile, WorkerLog, destination
+
+
+def twistd(*argv: str):
+    options = ServerOptions()
+    options.parseOptions([*argv, "continuity", "--config", "/etc/continuity.toml"])
+    return options.subOptions.parent
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--nodaemon", "--logfile=/var/log/continuity.log"], "/var/log/continuity.log"),
+    (["--nodaemon"], STDOUT),
+    (["--nodaemon", "--logfile=-"], STDOUT),
+    (["--syslog"], None),
+])
+def test_the_workers_log_where_twistd_does(argv, expected):
+    assert destination(twistd(*argv)) == expected
+
+
+def test_a_daemon_without_logfile_logs_to_twistd_log_in_its_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert destination(twistd()) == str(tmp_path / "twistd.log")
+    assert destination(None) is None  # built outside twistd (tests): through the service
+
+
+def test_the_service_s_log_file_never_overwrites_what_another_process_appended(tmp_path):
+    path = tmp_path / "twistd.log"
+    service = AppendingLogFile.fromFullPath(str(path))
+    service.write("service 1\n")
+    with open(path, "ab") as worker:
+        worker.write(b"worker 1\n")
+    service.write("service 2\n")
+    service.close()
+    assert path.read_text() == "service 1\nworker 1\nservice 2\n"
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def event(text: str) -> dict:
+    return {"log_format": text, "log_time": 1_800_000_000.0, "log_namespace": "continuity.smtp.server",
+            "log_level": LogLevel.info}
+
+
+def test_a_worker_marks_its_lines_and_follows_a_rotation_within_a_second(tmp_path):
+    path = tmp_path / "twistd.log"
+    clock = Clock()
+    log = WorkerLog(1, str(path), clock)
+    log(event("first"))
+    lines = path.read_text().splitlines()
+    assert len(lines) == 1 and lines[0].endswith(" [continuity.smtp.server#info] smtp worker 1: first")
+    os.rename(path, tmp_path / "twistd.log.1")  # the service rotated its log
+    log(event("second"))  # within the second: still the file it has open
+    clock.now = WorkerLog.check_interval
+    log(event("third"))
+    assert [line.rsplit(": ", 1)[1] for line in (tmp_path / "twistd.log.1").read_text().splitlines()] == [
+        "first", "second"]
+    assert path.read_text().splitlines()[0].endswith("smtp worker 1: third")
+
+
+def test_a_worker_s_traceback_stays_one_entry(tmp_path):
+    path = tmp_path / "twistd.log"
+    WorkerLog(2, str(path), Clock())(event("one\ntwo"))
+    assert path.read_text().endswith("smtp worker 2: one\n\ttwo\n")
