@@ -28,7 +28,7 @@ from continuity.directory.cache import DirectoryCache
 from continuity.directory.cred import build_authenticator
 from continuity.directory.store import Directory
 from continuity.failover.cssent import SentCopies
-from continuity.logs import STDOUT, file_observer
+from continuity.logs import observer as log_observer
 from continuity.mailstore import MaildirStore
 from continuity.threads import WorkerThreads
 
@@ -400,12 +400,11 @@ def build_smtp_worker(config: Config, reactor, number: int, adopted: dict[str, i
 def build_service(config: Config, reactor, logs: str | None = None) -> MultiService:
     """The whole service for ``config`` on ``reactor``.
 
-    :param logs: where twistd logs (:func:`continuity.logs.destination`); to a file, the service's log file
-        is opened for appending and the SMTP workers append to it too.
+    :param logs: where twistd logs (:func:`continuity.logs.destination`): the service's log observer (a
+        file is opened for appending), and where the SMTP workers write their own lines.
     """
     root = ServiceStack()
-    if logs not in (None, STDOUT):
-        root.log_observer = file_observer(logs)
+    root.log_observer = log_observer(logs)
     components = _components(config, reactor, root)
     # Only here: preparing removes half-written files, which in an SMTP worker could be this process's.
     components.sent_copies.prepare()

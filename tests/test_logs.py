@@ -77,3 +77,14 @@ def test_a_worker_s_traceback_stays_one_entry(tmp_path):
     path = tmp_path / "twistd.log"
     WorkerLog(2, str(path), Clock())(event("one\ntwo"))
     assert path.read_text().endswith("smtp worker 2: one\n\ttwo\n")
+
+
+def test_time_stamps_are_twistd_s_made_once_a_second():
+    from twisted.logger import formatTime
+
+    from continuity.logs import SecondStamps
+
+    stamps = SecondStamps()
+    for when in (1_800_000_000.0, 1_800_000_000.9, 1_800_000_001.2, 1_799_999_999.5):
+        assert stamps(when) == formatTime(when)
+    assert stamps(None) == formatTime(None)
