@@ -1,22 +1,17 @@
 """Durable file writes: the one place that turns bytes into a file that survives a crash.
 
-:func:`write_file`: the file is written under a temporary name, fsync'ed, moved
+A file is written under a temporary name in the same directory, fsync'ed, moved
 into place (``link`` when the name must not be overwritten, ``rename`` when it
-may), and the directory is fsync'ed so the new entry itself is on disk.
-:func:`write_new`: a new file is written in place, marked complete by its
-mode, for directories whose readers can skip unfinished files. This module
-imports nothing of ours (see DESIGN.md).
+may), and the directory is fsync'ed so the new entry itself is on disk. This
+module imports nothing of ours (see DESIGN.md).
 """
 
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Iterable
 
 _TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-#: The mode of a file :func:`write_new` has not finished: without its owner's read bit.
-PARTIAL_MODE = 0o200
 
 
 def fsync_dir(path: str) -> None:
@@ -49,6 +44,7 @@ def write_file(
     mode: int = 0o600,
     sync_dir: bool = True,
     mtime: float | None = None,
+    directory_fd: int | None = None,
 ) -> int:
     """Write ``chunks`` durably to ``path``; return the size written.
 
@@ -61,6 +57,8 @@ def write_file(
         is never read, and the spool and Maildir ``tmp/`` are cleaned of them).
     :param mtime: the file's modification time (Unix seconds), set before the fsync;
         for readers that notice a change by mtime alone.
+    :param directory_fd: the target directory, kept open by a caller that writes there often (the
+        spool): fsync'ed instead of opening it each time.
     """
     tmp = tmp_path if tmp_path is not None else f"{path}.tmp.{os.getpid()}"
     fd = os.open(tmp, _TMP_FLAGS, mode)
@@ -83,50 +81,11 @@ def write_file(
         except FileNotFoundError:
             pass
         raise
-    if sync_dir:
-        fsync_dir(os.path.dirname(path) or ".")
-    return size
-
-
-def write_new(path: str, chunks: Iterable[bytes], *, mode: int = 0o600, directory_fd: int | None = None) -> int:
-    """Create ``path`` (``FileExistsError`` if it exists) and write ``chunks`` to it durably; return the size.
-
-    No temporary name: the file is created in :data:`PARTIAL_MODE`, written,
-    given ``mode`` (the mark that it is complete) and fsync'ed, then the
-    directory is fsync'ed. That is one journal commit where a temporary and a
-    link take two: the file's fsync commits its new directory entry with it,
-    and the directory's fsync then finds nothing left to write (ext4, XFS; it
-    stays for file systems where it would). A crash before the fsync can leave
-    a file still partial (:func:`is_partial`); whoever owns the directory
-    removes those while no writer can be running, and every reader skips them.
-
-    :param directory_fd: the directory, kept open by a caller that writes there often (one open and close
-        less per file).
-    """
-    fd = os.open(path, _TMP_FLAGS, PARTIAL_MODE)
-    try:
-        try:
-            size = write_chunks(fd, chunks)
-            os.fchmod(fd, mode)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except BaseException:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        raise
-    if directory_fd is None:
-        fsync_dir(os.path.dirname(path) or ".")
-    else:
+    if directory_fd is not None:
         os.fsync(directory_fd)
+    elif sync_dir:
+        fsync_dir(os.path.dirname(path) or ".")
     return size
-
-
-def is_partial(status: os.stat_result) -> bool:
-    """Whether a file written by :func:`write_new` is unfinished (being written, or left by a crash)."""
-    return not status.st_mode & stat.S_IRUSR
 
 
 def remove_file(path: str, *, sync_dir: bool = True) -> bool:

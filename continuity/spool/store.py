@@ -2,12 +2,11 @@
 
 ``spool/messages/<queue_id>`` holds one JSON line with the envelope (sender,
 recipients, origin, time), then the message exactly as it will be delivered
-(our ``Received:`` header first). The file is written in place and marked
-complete by its mode before it is fsync'ed, and the directory fsync'ed
-(:func:`continuity.durable.write_new`); a file still partial was never
-acknowledged, is skipped by every listing and removed by :meth:`MessageSpool.prepare`.
-Because the envelope travels with the body, the file alone is enough to
-rebuild the queue index after a crash.
+(our ``Received:`` header first). The file is written in ``spool/tmp/``,
+fsync'ed, linked into ``messages/`` and the directory fsync'ed
+(:mod:`continuity.durable`): a name in ``messages/`` is always a whole
+message on disk. Because the envelope travels with the body, the file alone
+is enough to rebuild the queue index after a crash.
 """
 
 from __future__ import annotations
@@ -77,12 +76,8 @@ class MessageSpool:
         """
         durable.make_dirs(self.messages_dir)
         durable.make_dirs(self.tmp_dir)
-        for name in os.listdir(self.tmp_dir):  # written there by releases before 2026-11
+        for name in os.listdir(self.tmp_dir):
             os.unlink(os.path.join(self.tmp_dir, name))
-        with os.scandir(self.messages_dir) as entries:
-            partial = [entry.path for entry in entries if durable.is_partial(entry.stat(follow_symlinks=False))]
-        for path in partial:
-            os.unlink(path)
 
     def path(self, queue_id: str) -> str:
         if not queue_id.isalnum():
@@ -92,8 +87,10 @@ class MessageSpool:
     def write(self, envelope: SpoolEnvelope, chunks: Iterable[bytes]) -> int:
         """Write the spool file durably; return the message size (without the envelope line)."""
         line = envelope.to_line()
-        path = self.path(envelope.queue_id)
-        return durable.write_new(path, [line, *chunks], directory_fd=self._directory_fd()) - len(line)
+        size = durable.write_file(self.path(envelope.queue_id), [line, *chunks],
+                                  tmp_path=os.path.join(self.tmp_dir, envelope.queue_id), overwrite=False,
+                                  directory_fd=self._directory_fd())
+        return size - len(line)
 
     def _directory_fd(self) -> int:
         if self._messages_fd is None:
@@ -135,13 +132,7 @@ class MessageSpool:
         return durable.remove_file(self.path(queue_id), sync_dir=False)
 
     def queue_ids(self) -> Iterator[str]:
-        """The complete files' queue ids (not those still being written)."""
         with os.scandir(self.messages_dir) as entries:
             for entry in entries:
-                if not entry.name.isalnum():
-                    continue
-                try:
-                    if not durable.is_partial(entry.stat(follow_symlinks=False)):
-                        yield entry.name
-                except FileNotFoundError:
-                    continue  # removed meanwhile
+                if entry.name.isalnum():
+                    yield entry.name

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-import stat
 
 import pytest
 
-from continuity import durable
 from continuity.spool.store import MessageSpool, SpoolEnvelope, new_queue_id
 
 
@@ -50,7 +48,7 @@ def test_an_existing_spool_file_is_never_replaced(spool):
     with pytest.raises(FileExistsError):
         spool.write(envelope(), [b"second\r\n"])
     assert spool.read("0000ABCDEF0001")[1] == b"first\r\n"
-    assert os.listdir(spool.messages_dir) == ["0000ABCDEF0001"]
+    assert os.listdir(spool.tmp_dir) == []
 
 
 @pytest.mark.parametrize("queue_id", ["../escape", "a/b", "", "x y", "abc.tmp"])
@@ -61,48 +59,15 @@ def test_a_queue_id_that_is_not_alphanumeric_is_refused(spool, queue_id):
 
 
 def test_prepare_removes_half_written_files(tmp_path):
-    """Files a crash left unfinished were never acknowledged: prepare() removes them (and an older release's
-    spool/tmp leftovers); a complete file stays."""
+    """Files left in spool/tmp by a crash were never acknowledged: prepare() removes them."""
     spool = MessageSpool(str(tmp_path / "spool"))
     spool.prepare()
     with open(os.path.join(spool.tmp_dir, "0000DEAD"), "wb") as handle:
         handle.write(b"half")
     spool.write(envelope(), [b"whole\r\n"])
-    half = os.path.join(spool.messages_dir, "0000ABCDEF0002")
-    with open(half, "wb") as handle:
-        handle.write(b'{"queue_id":')
-    os.chmod(half, durable.PARTIAL_MODE)
     spool.prepare()
     assert os.listdir(spool.tmp_dir) == []
-    assert os.listdir(spool.messages_dir) == ["0000ABCDEF0001"]
     assert list(spool.queue_ids()) == ["0000ABCDEF0001"]
-
-
-def test_a_file_being_written_is_not_listed(spool, monkeypatch):
-    """While a writer (an SMTP worker) is between create and fsync, listings (recovery, CS-SENT) skip it."""
-    seen = []
-    write_chunks = durable.write_chunks
-
-    def written_then_listed(fd, chunks):
-        size = write_chunks(fd, chunks)
-        seen.append((os.listdir(spool.messages_dir), list(spool.queue_ids())))
-        return size
-
-    monkeypatch.setattr(durable, "write_chunks", written_then_listed)
-    spool.write(envelope(), [b"Subject: x\r\n\r\nbody\r\n"])
-    assert seen == [(["0000ABCDEF0001"], [])]
-    assert list(spool.queue_ids()) == ["0000ABCDEF0001"]
-    assert stat.S_IMODE(os.stat(spool.path("0000ABCDEF0001")).st_mode) == 0o600
-
-
-def test_a_failed_write_leaves_no_file(spool, monkeypatch):
-    def full(fd, chunks):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(durable, "write_chunks", full)
-    with pytest.raises(OSError):
-        spool.write(envelope(), [b"Subject: x\r\n"])
-    assert os.listdir(spool.messages_dir) == []
 
 
 def test_queue_ids_lists_only_spool_files(spool):
