@@ -404,7 +404,7 @@ def build_service(config: Config, reactor, logs: str | None = None) -> MultiServ
         file is opened for appending), and where the SMTP workers write their own lines.
     """
     root = ServiceStack()
-    root.log_observer = log_observer(logs)
+    root.log_observer = log_observer(logs, reactor)
     components = _components(config, reactor, root)
     # Only here: preparing removes half-written files, which in an SMTP worker could be this process's.
     components.sent_copies.prepare()
@@ -427,7 +427,7 @@ def build_service(config: Config, reactor, logs: str | None = None) -> MultiServ
 
         # Added after the listeners: started once they listen, stopped before them.
         workers = SMTPWorkers(reactor, config.path, config.server.smtp_workers,
-                              {"smtp": lambda: listeners["smtp"].port.fileno()}, components.intake.adopt,
+                              {"smtp": lambda: listeners["smtp"].port.fileno()}, components.intake,
                               components.direct.record,
                               lambda *refused: components.sql.run(components.index.record_rejection, *refused),
                               logs)

@@ -340,8 +340,9 @@ class SQLThread(Service):
             self._reactor.callFromThread(self._settle, outcomes)
 
     def _run_group(self, group: list) -> list[tuple[Deferred, bool, Any]]:
-        # The service process and its SMTP workers write the same file. SQLite's
-        # own wait for the write lock polls with sleeps of 1 ms and more, which
+        # Other processes write the same file: continuityctl, and SMTP workers
+        # reading the directory (their jobs take the lock as any). SQLite's own
+        # wait for the write lock polls with sleeps of 1 ms and more, which
         # stalled every job of the group behind it; a flock wakes the next
         # writer the moment the last one commits. If the lock cannot be had
         # (no descriptor left, say), this group fails and the thread goes on.

@@ -141,21 +141,23 @@ class SMTPWorkers(Service):
     adopt_retry = 30.0
 
     def __init__(self, reactor, config_path: str, count: int, listening: dict[str, Callable[[], int]],
-                 adopt: Callable[[str], Deferred], record: Callable[..., Deferred],
-                 reject: Callable[[str, str, str], Deferred], logs: str | None = None):
+                 intake, record: Callable[..., Deferred], reject: Callable[[str, str, str], Deferred],
+                 logs: str | None = None):
         """
         :param listening: name -> the file descriptor of the listening socket the workers share.
-        :param logs: where the service logs (:func:`continuity.logs.destination`): a worker appends its own
-            lines to that file, or writes them to the service's stdout; None: it sends them to the service.
-        :param adopt: index and deliver the message a worker spooled, by queue id.
+        :param intake: the service's :class:`~continuity.spool.intake.MessageIntake`: it indexes and delivers
+            what a worker spooled (``adopt``), and what a worker that ended did not hand over
+            (``index_strays``).
         :param record: write the tracking rows of a copy a worker delivered to a continuity mailbox.
         :param reject: write the tracking row of a recipient a worker refused (sender, recipient, detail).
+        :param logs: where the service logs (:func:`continuity.logs.destination`): a worker appends its own
+            lines to that file, or writes them to the service's stdout; None: it sends them to the service.
         """
         self._reactor = reactor
         self._config_path = os.path.abspath(config_path)
         self._count = count
         self._listening = listening
-        self._adopt = adopt
+        self._intake = intake
         self._record = record
         self._reject = reject
         self._logs = logs
@@ -189,12 +191,12 @@ class SMTPWorkers(Service):
         log.info("smtp worker {number} started (pid {pid})", number=number, pid=worker.transport.pid)
 
     def adopt(self, queue_id: str, number: int) -> None:
-        d = self._adopt(queue_id)
+        d = self._intake.adopt(queue_id)
 
         def failed(failure: Failure) -> None:
-            if failure.check(FileNotFoundError):  # no such spool file: nothing to index, ever
-                log.failure("smtp worker {number} handed over {queue_id}, which is not in the spool", failure,
-                            queue_id=queue_id, number=number)
+            if failure.check(FileNotFoundError, ValueError, TypeError, KeyError):  # gone, or not a spool file
+                log.error("smtp worker {number} handed over {queue_id}, which cannot be indexed: {error}",
+                          queue_id=queue_id, number=number, error=failure.getErrorMessage())
                 return
             log.failure("indexing {queue_id} from smtp worker {number} failed; trying again in {delay:g} s",
                         failure, queue_id=queue_id, number=number, delay=self.adopt_retry)
@@ -224,6 +226,13 @@ class SMTPWorkers(Service):
                                            number=number))
 
     def ended(self, worker: _Worker, reason: Failure) -> None:
+        if self.running:
+            # Its last hand-overs may be lost (a kill before its pipe was written): look for them.
+            d = Deferred.fromCoroutine(self._intake.index_strays())
+            d.addCallback(lambda found: log.info("{found} message(s) of smtp worker {number} found in the spool",
+                                                 found=found, number=worker.number) if found else None)
+            d.addErrback(lambda f: log.failure("looking for smtp worker {number}'s messages failed", f,
+                                               number=worker.number))
         if self._workers.get(worker.number) is not worker:
             return
         del self._workers[worker.number]

@@ -45,7 +45,8 @@ class ServiceSide:
         self.results: list[Deferred] = []
         self.recorded: list[tuple] = []
         self.rejected: list[tuple] = []
-        self.workers = SMTPWorkers(self.clock, "/etc/continuity.toml", 1, {"smtp": lambda: 7}, self.adopt,
+        self.scans = 0
+        self.workers = SMTPWorkers(self.clock, "/etc/continuity.toml", 1, {"smtp": lambda: 7}, self,
                                    self.record, lambda *row: self.rejected.append(row) or Deferred())
         self.workers.running = True
         self.worker = _Worker(self.workers, 1)
@@ -61,6 +62,10 @@ class ServiceSide:
         d: Deferred[None] = Deferred()
         self.results.append(d)
         return d
+
+    async def index_strays(self) -> int:
+        self.scans += 1
+        return 0
 
 
 def test_a_spooled_message_is_handed_to_the_service_s_intake():
@@ -89,6 +94,16 @@ def test_a_hand_over_of_a_file_not_in_the_spool_is_not_tried_again():
     service.results[0].errback(FileNotFoundError(2, "No such file or directory"))
     service.clock.advance(SMTPWorkers.adopt_retry * 3)
     assert service.adopted == ["0660EADDCE9E1DF97749"]
+
+
+def test_when_a_worker_ends_the_service_looks_for_mail_it_did_not_hand_over():
+    """A worker killed right after a 250 may not have written its hand-over: the spool has the message."""
+    from twisted.internet.error import ProcessTerminated
+    from twisted.python.failure import Failure
+
+    service = ServiceSide()
+    service.worker.processEnded(Failure(ProcessTerminated(None, signal=9)))
+    assert service.scans == 1
 
 
 def test_the_worker_hands_over_each_message():
@@ -154,7 +169,7 @@ def test_a_worker_that_keeps_ending_is_started_again_ever_more_slowly():
     from twisted.internet.error import ProcessTerminated
 
     clock = SpawningClock()
-    workers = SMTPWorkers(clock, "/etc/continuity.toml", 1, {"smtp": lambda: 7}, lambda queue_id: Deferred(),
+    workers = SMTPWorkers(clock, "/etc/continuity.toml", 1, {"smtp": lambda: 7}, ServiceSide(),
                           lambda *row: Deferred(), lambda *row: Deferred())
     workers.startService()
     (first, args, fds) = clock.spawned[0]

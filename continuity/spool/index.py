@@ -218,8 +218,8 @@ class QueueIndex:
     def release_stale_claims(self, started: float, now: float) -> int:
         """At start-up: make due now what attempts of an earlier run claimed (mail received before ``started``).
 
-        Those attempts ended with that run; claims of this run's SMTP workers,
-        which may already be at work, are on newer mail and stay.
+        Those attempts ended with that run; claims of this run, which may
+        already be at work, are on newer mail and stay.
         """
         with self.db.transaction() as conn:
             cursor = conn.execute(

@@ -3,7 +3,10 @@
 ``accept()`` writes the spool file durably (on the I/O thread pool), indexes
 its recipients (on the SQL thread, handed on by the I/O worker) and wakes the
 queue runner. Only when it returns may the SMTP server answer ``250``. SMTP inbound, submission, DSNs and
-CS-SENT copies all come through here.
+CS-SENT copies all come through here. In an SMTP worker it only writes the
+file and hands the queue id over (``hand_over``); the service process indexes
+and delivers it (:meth:`MessageIntake.adopt`), and finds any file whose hand-over
+was lost (:meth:`MessageIntake.index_strays`).
 """
 
 from __future__ import annotations
@@ -61,7 +64,8 @@ class MessageIntake:
                      origin: str, client: str | None = None, auth_user: str | None = None,
                      queue_id: str | None = None, directions: Sequence[str] | None = None,
                      extra: dict | None = None) -> str:
-        """Spool and index a message; return its queue id once it is durable."""
+        """Spool and index a message (in an SMTP worker: spool and hand it over); return its queue id once
+        it is durable."""
         now = self._reactor.seconds()
         queue_id = queue_id or new_queue_id(now)
         extra = dict(extra or {})
@@ -79,9 +83,9 @@ class MessageIntake:
             await self._io(self._spool.write, envelope, chunks)
             self.hand_over(queue_id)
             return queue_id
-        indexed: Deferred[tuple[int, Any]] = Deferred()
+        indexed: Deferred[tuple[int, Any, bool]] = Deferred()
         self._io.spawn(self._write_then_index, envelope, chunks, directions, indexed)
-        size, claimed = await indexed
+        size, claimed, _ = await indexed
         if self.kick is not None:
             # A small message goes to the runner from memory (no read of the file just
             # written); a large one is read back on an I/O thread, not joined here.
@@ -100,52 +104,93 @@ class MessageIntake:
             return
         self._sql.submit(indexed, self._index_job, envelope, size, directions)
 
-    def _index_job(self, envelope: SpoolEnvelope, size: int, directions: Sequence[str] | None) -> tuple[int, Any]:
+    def _index_job(self, envelope: SpoolEnvelope, size: int, directions: Sequence[str] | None,
+                   claim: bool = True) -> tuple[int, Any, bool]:
+        """On the SQL thread: index the file's recipients and (``claim``) claim them for the runner.
+
+        Returns the size, what the claim returned (None if nothing was claimed) and whether the
+        message was new to the index (a file handed over twice, or recovered meanwhile, is not).
+        """
         entries = self._index.add(envelope, size, directions)
-        if self.claim is None or not entries:
-            return size, None
+        if not entries or not claim or self.claim is None:
+            return size, None, bool(entries)
         try:
-            return size, self.claim(entries)
+            return size, self.claim(entries), True
         except Exception:
             # The message is spooled and indexed: a queue pass delivers it, and the client gets its 250.
             log.failure("claiming {queue_id} failed", queue_id=envelope.queue_id)
-            return size, None
+            return size, None, True
 
-    def adopt(self, queue_id: str) -> Deferred[None]:
-        """Index and deliver a message an SMTP worker spooled (and acknowledged) and handed over.
+    def adopt(self, queue_id: str, deliver: bool = True) -> Deferred[bool]:
+        """Index (and ``deliver``) a spool file this process did not write: one an SMTP worker spooled and
+        handed over, or one found unindexed (:meth:`recover_spool`, :meth:`index_strays`).
 
-        One SQL job reads the file's envelope (and a small message, for the
-        runner), indexes it and claims it. A message indexed already (by the
-        start-up's :meth:`recover_spool`, or handed over twice) is not indexed
-        again; the runner delivers whatever of it is due.
+        An I/O worker reads the envelope (and a small message, for the runner)
+        and hands the index job to the SQL thread, which claims the recipients
+        too. Fires with whether the message was new to the index: one indexed
+        already (handed over twice, or found by a listing meanwhile) is left to
+        the attempt under way. A file that is gone fails with
+        ``FileNotFoundError``.
         """
-        d = self._sql.run(self._adopt_job, queue_id)
-        d.addCallback(self._adopted, queue_id)
-        return d
+        indexed: Deferred = Deferred()
+        self._io.spawn(self._read_then_index, queue_id, deliver, indexed)
+        return indexed.addCallback(self._adopted, queue_id, deliver)
 
-    def _adopt_job(self, queue_id: str) -> tuple[tuple[str, bytes] | None, Any]:
-        envelope, message, size = self._spool.read_if_small(queue_id, HANDOFF_LIMIT)
-        _, claimed = self._index_job(envelope, size, envelope.extra.get("directions"))
-        return ((envelope.sender, message) if message is not None else None), claimed
+    def _read_then_index(self, queue_id: str, deliver: bool, indexed: Deferred) -> None:
+        """On an I/O worker: the file, then the index job handed to the SQL thread (as :meth:`_write_then_index`)."""
+        try:
+            envelope, message, size = self._spool.read_if_small(queue_id, HANDOFF_LIMIT)
+        except Exception:
+            self._sql.submit(indexed, _raise, Failure())
+            return
+        self._sql.submit(indexed, self._adopt_job, envelope, message, size, deliver)
 
-    def _adopted(self, result: tuple[tuple[str, bytes] | None, Any], queue_id: str) -> None:
-        if self.kick is not None:
-            message, claimed = result
+    def _adopt_job(self, envelope: SpoolEnvelope, message: bytes | None, size: int,
+                   deliver: bool) -> tuple[tuple[str, bytes] | None, Any, bool]:
+        _, claimed, new = self._index_job(envelope, size, envelope.extra.get("directions"), claim=deliver)
+        return ((envelope.sender, message) if message is not None else None), claimed, new
+
+    def _adopted(self, result: tuple[tuple[str, bytes] | None, Any, bool], queue_id: str, deliver: bool) -> bool:
+        message, claimed, new = result
+        if new and deliver and self.kick is not None:
             self.kick(queue_id, message, claimed)
+        return new
+
+    async def index_strays(self, deliver: bool = True, on_disk: set[str] | None = None) -> int:
+        """Index (and deliver) every spool file the index lacks; return how many.
+
+        At start-up (:meth:`recover_spool`) those of a crash; while the service
+        runs, those of an SMTP worker that ended before the service read its
+        hand-overs. A file handed over meanwhile is indexed once
+        (:meth:`adopt`); one removed meanwhile, delivered already, is skipped;
+        one that cannot be read is logged and left in the spool.
+
+        :param on_disk: the spool's queue ids, when the caller listed them already.
+        """
+        if on_disk is None:
+            on_disk = set(await self._io(lambda: list(self._spool.queue_ids())))
+        known = await self._sql.run(self._index.known_queue_ids)
+        found = 0
+        for queue_id in sorted(on_disk - known):
+            try:
+                if await self.adopt(queue_id, deliver):
+                    found += 1
+            except FileNotFoundError:
+                continue
+            except Exception:
+                log.failure("spool file {queue_id} cannot be indexed; it stays in the spool", queue_id=queue_id)
+        return found
 
     async def recover_spool(self) -> tuple[int, int]:
         """At start-up: index spool files a crash left unindexed, remove finished ones.
 
         The spool was prepared (its half-written files removed) before any
         listener started: not again here, while SMTP workers may be writing.
+        The files are only indexed: the start-up's queue pass delivers them,
+        after the last run's claims are released.
         """
         on_disk = set(await self._io(lambda: list(self._spool.queue_ids())))
-        known = await self._sql.run(self._index.known_queue_ids)
-        reindexed = 0
-        for queue_id in sorted(on_disk - known):
-            envelope, message = await self._io(self._spool.read, queue_id)
-            await self._sql.run(self._index.add, envelope, len(message), envelope.extra.get("directions"))
-            reindexed += 1
+        reindexed = await self.index_strays(deliver=False, on_disk=on_disk)
         removed = 0
         for queue_id in await self._sql.run(self._index.finished_queue_ids):
             if queue_id in on_disk and await self._io(self._spool.remove, queue_id):

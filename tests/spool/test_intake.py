@@ -210,3 +210,35 @@ def test_adopt_leaves_a_large_message_for_the_runner_to_read(parts, monkeypatch)
     parts.intake.kick = lambda queue_id, message, routes: parts.kicked.append((queue_id, message))
     parts.intake.adopt(queue_id)
     assert parts.kicked == [(queue_id, None)]
+
+
+def adopted(parts, queue_id: str) -> bool:
+    results: list = []
+    parts.intake.adopt(queue_id).addBoth(results.append)
+    return results[0]
+
+
+def test_index_strays_delivers_what_an_ended_worker_did_not_hand_over(parts):
+    """A worker killed between its 250 and its hand-over: the service finds the file and delivers it once."""
+    parts.intake.hand_over = lambda queue_id: None
+    lost = parts.accept(["bob@example.com"])
+    handed = parts.accept(["carol@example.com"])
+    parts.intake.hand_over = None
+    parts.intake.kick = lambda queue_id, message, routes: parts.kicked.append(queue_id)
+    assert adopted(parts, handed) is True
+    assert parts.run(parts.intake.index_strays()) == 1
+    assert parts.kicked == [handed, lost]
+    assert adopted(parts, lost) is False  # its hand-over after all: not again
+    assert parts.kicked == [handed, lost]
+
+
+def test_recovery_goes_on_past_a_file_it_cannot_read(parts):
+    """A corrupt spool file is logged and left; the others are indexed."""
+    parts.intake.hand_over = lambda queue_id: None
+    good = parts.accept(["bob@example.com"])
+    with open(parts.spool.path("0000BROKEN0001"), "wb") as handle:
+        handle.write(b"not an envelope\r\n")
+    parts.intake.hand_over = None
+    assert parts.run(parts.intake.recover_spool()) == (1, 0)
+    assert [e.recipient for e in parts.index.pending(good)] == ["bob@example.com"]
+    assert parts.spool.exists("0000BROKEN0001")
