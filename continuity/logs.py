@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 
@@ -38,11 +39,15 @@ STDOUT = "-"
 
 def destination(twistd_options) -> str | None:
     """Where twistd logs, from its command line: the log file's absolute path, :data:`STDOUT`, or None
-    (syslog, or not started by twistd), as twistd's own ``UnixAppLogger`` decides it."""
-    if twistd_options is None or twistd_options.get("syslog"):
+    (syslog, a ``--logger`` of the operator's, a daemon told to log to stdout - twistd refuses that itself -
+    or not started by twistd), as twistd's own ``UnixAppLogger`` decides it."""
+    if twistd_options is None or twistd_options.get("syslog") or twistd_options.get("logger"):
         return None
     name = twistd_options.get("logfile")
-    if name == "-" or (twistd_options.get("nodaemon") and not name):
+    nodaemon = twistd_options.get("nodaemon")
+    if name == "-":
+        return STDOUT if nodaemon else None
+    if nodaemon and not name:
         return STDOUT
     return os.path.abspath(name or "twistd.log")
 
@@ -80,10 +85,10 @@ def classic_lines(out) -> ILogObserver:
     return FileLogObserver(out, lambda event: formatEventAsClassicLogText(event, formatTime=stamps))
 
 
-def observer(logs: str | None) -> ILogObserver | None:
+def observer(logs: str | None, reactor) -> ILogObserver | None:
     """The service's observer for ``logs`` (:func:`destination`); None leaves the log to twistd (syslog).
 
-    A file is opened for appending; SIGUSR1 rotates it, as twistd does.
+    A file is opened for appending; SIGUSR1 rotates it (on ``reactor``), as twistd does.
     """
     if logs is None:
         return None
@@ -95,8 +100,6 @@ def observer(logs: str | None) -> ILogObserver | None:
     if not signal.getsignal(signal.SIGUSR1):
 
         def rotate(signum, frame) -> None:
-            from twisted.internet import reactor
-
             reactor.callFromThread(log_file.rotate)
 
         signal.signal(signal.SIGUSR1, rotate)
@@ -117,6 +120,8 @@ class WorkerLog:
         self._clock = clock
         self._fd = 1
         self._checked = clock()
+        # Lines come from the I/O threads too: a reopen must not close the descriptor another is writing to.
+        self._lock = threading.Lock()
         if path is not None:
             self._fd = self._open()
 
@@ -128,14 +133,15 @@ class WorkerLog:
         if text is None:
             return
         stamp, separator, rest = text.partition("] ")
-        if self._path is not None and self._clock() - self._checked >= self.check_interval:
-            self._reopen_if_rotated()
         data = f"{stamp}{separator}{self._mark}{rest}".encode("utf-8", "replace")
-        try:
-            while data:
-                data = data[os.write(self._fd, data):]
-        except OSError:
-            pass  # nowhere left to log to; the worker's work goes on
+        with self._lock:
+            if self._path is not None and self._clock() - self._checked >= self.check_interval:
+                self._reopen_if_rotated()
+            try:
+                while data:
+                    data = data[os.write(self._fd, data):]
+            except OSError:
+                pass  # nowhere left to log to; the worker's work goes on
 
     def _reopen_if_rotated(self) -> None:
         self._checked = self._clock()

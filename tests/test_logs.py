@@ -22,6 +22,8 @@ def twistd(*argv: str):
     (["--nodaemon"], STDOUT),
     (["--nodaemon", "--logfile=-"], STDOUT),
     (["--syslog"], None),
+    (["--logfile=-"], None),  # a daemon cannot log to stdout: twistd says so itself
+    (["--nodaemon", "--logger=twisted.logger.jsonFileLogObserver"], None),  # the operator's own
 ])
 def test_the_workers_log_where_twistd_does(argv, expected):
     assert destination(twistd(*argv)) == expected

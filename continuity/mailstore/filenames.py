@@ -124,12 +124,12 @@ def sized_base(base: str, size: int) -> str:
     return f"{base},S={size}"
 
 
-_pid = os.getpid()
+_pid: int | None = None  # this process's, read at the first name (not at import) and after a fork
 
 
 def _forked() -> None:
     global _pid
-    _pid = os.getpid()
+    _pid = None
 
 
 os.register_at_fork(after_in_child=_forked)
@@ -158,4 +158,7 @@ class UniqueNames:
         micros = min(int((now - seconds) * 1_000_000), 999_999)
         with self._lock:
             counter = next(self._counter)
+        global _pid
+        if _pid is None:
+            _pid = os.getpid()
         return f"{seconds}.M{micros:06d}P{_pid}Q{counter}R{random.getrandbits(32):08x}.{self.hostname}"
