@@ -296,7 +296,7 @@ class _Parent(protocol.Protocol):
 
     def rejected(self, sender: str, recipient: str, detail: str) -> None:
         """A recipient refused at RCPT: the service process writes its tracking row."""
-        line = json.dumps([sender, recipient, detail[:2000]])
+        line = json.dumps([sender, recipient, detail[:1000]])  # well inside MAX_LINE, even all escaped
         self.transport.write(f"rejected {line}\n".encode("utf-8"))
 
     def dataReceived(self, data: bytes) -> None:

@@ -107,17 +107,17 @@ class MessageSpool:
 
     def read(self, queue_id: str) -> tuple[SpoolEnvelope, bytes]:
         """The envelope and the whole message."""
-        with open(self.path(queue_id), "rb") as handle:
-            envelope = SpoolEnvelope.from_line(handle.readline())
-            return envelope, handle.read()
+        envelope, message, _ = self.read_if_small(queue_id, None)
+        return envelope, message
 
-    def read_if_small(self, queue_id: str, limit: int) -> tuple[SpoolEnvelope, bytes | None, int]:
-        """The envelope, the message when it is at most ``limit`` octets (else None), and its size."""
+    def read_if_small(self, queue_id: str, limit: int | None) -> tuple[SpoolEnvelope, bytes | None, int]:
+        """The envelope, the message when it is at most ``limit`` octets (None: any size; else None), and
+        its size."""
         with open(self.path(queue_id), "rb") as handle:
             line = handle.readline()
             envelope = SpoolEnvelope.from_line(line)
             size = os.fstat(handle.fileno()).st_size - len(line)
-            return envelope, (handle.read() if size <= limit else None), size
+            return envelope, (handle.read() if limit is None or size <= limit else None), size
 
     def exists(self, queue_id: str) -> bool:
         return os.path.exists(self.path(queue_id))
