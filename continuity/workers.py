@@ -227,7 +227,8 @@ class SMTPWorkers(Service):
 
     def ended(self, worker: _Worker, reason: Failure) -> None:
         if self.running:
-            # Its last hand-overs may be lost (a kill before its pipe was written): look for them.
+            # Its last hand-overs may be lost (a kill before its pipe was written): look for them (indexed,
+            # the next queue pass delivers them).
             d = Deferred.fromCoroutine(self._intake.index_strays())
             d.addCallback(lambda found: log.info("{found} message(s) of smtp worker {number} found in the spool",
                                                  found=found, number=worker.number) if found else None)

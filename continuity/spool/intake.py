@@ -156,14 +156,18 @@ class MessageIntake:
             self.kick(queue_id, message, claimed)
         return new
 
-    async def index_strays(self, deliver: bool = True, on_disk: set[str] | None = None) -> int:
-        """Index (and deliver) every spool file the index lacks; return how many.
+    async def index_strays(self, on_disk: set[str] | None = None) -> int:
+        """Index every spool file the index lacks; return how many. The queue passes deliver them.
 
         At start-up (:meth:`recover_spool`) those of a crash; while the service
         runs, those of an SMTP worker that ended before the service read its
         hand-overs. A file handed over meanwhile is indexed once
         (:meth:`adopt`); one removed meanwhile, delivered already, is skipped;
-        one that cannot be read is logged and left in the spool.
+        one that cannot be read is logged and left in the spool. Nothing is
+        claimed here: a stray may be mail of the last run, whose claims the
+        start-up releases (:meth:`~continuity.spool.index.QueueIndex.release_stale_claims`)
+        - a claim made here would be released under its attempt, and the
+        message sent twice.
 
         :param on_disk: the spool's queue ids, when the caller listed them already.
         """
@@ -173,7 +177,7 @@ class MessageIntake:
         found = 0
         for queue_id in sorted(on_disk - known):
             try:
-                if await self.adopt(queue_id, deliver):
+                if await self.adopt(queue_id, deliver=False):
                     found += 1
             except FileNotFoundError:
                 continue
@@ -190,7 +194,7 @@ class MessageIntake:
         after the last run's claims are released.
         """
         on_disk = set(await self._io(lambda: list(self._spool.queue_ids())))
-        reindexed = await self.index_strays(deliver=False, on_disk=on_disk)
+        reindexed = await self.index_strays(on_disk=on_disk)
         removed = 0
         for queue_id in await self._sql.run(self._index.finished_queue_ids):
             if queue_id in on_disk and await self._io(self._spool.remove, queue_id):

@@ -218,8 +218,9 @@ def adopted(parts, queue_id: str) -> bool:
     return results[0]
 
 
-def test_index_strays_delivers_what_an_ended_worker_did_not_hand_over(parts):
-    """A worker killed between its 250 and its hand-over: the service finds the file and delivers it once."""
+def test_index_strays_indexes_what_an_ended_worker_did_not_hand_over(parts):
+    """A worker killed between its 250 and its hand-over: the service finds the file and indexes it once
+    (unclaimed: the next queue pass delivers it)."""
     parts.intake.hand_over = lambda queue_id: None
     lost = parts.accept(["bob@example.com"])
     handed = parts.accept(["carol@example.com"])
@@ -227,9 +228,11 @@ def test_index_strays_delivers_what_an_ended_worker_did_not_hand_over(parts):
     parts.intake.kick = lambda queue_id, message, routes: parts.kicked.append(queue_id)
     assert adopted(parts, handed) is True
     assert parts.run(parts.intake.index_strays()) == 1
-    assert parts.kicked == [handed, lost]
+    assert parts.kicked == [handed]
+    assert [(e.state, e.attempts) for e in parts.index.pending(lost)] == [("queued", 0)]
+    assert lost in {e.queue_id for e in parts.index.due(NOW)}
     assert adopted(parts, lost) is False  # its hand-over after all: not again
-    assert parts.kicked == [handed, lost]
+    assert parts.kicked == [handed]
 
 
 def test_recovery_goes_on_past_a_file_it_cannot_read(parts):
