@@ -24,7 +24,7 @@ from continuity.counters import ConnectionCounter
 from continuity.db import SQLThread
 from continuity.delivery.direct import DirectDelivery
 from continuity.directory.cache import DirectoryCache
-from continuity.envelope import HEADER_LIMIT, Address, Envelope, message_id_of
+from continuity.envelope import Address, Envelope, message_id_of
 from continuity.smtp.codes import SMTPReply
 from continuity.smtp.server import ISMTPPolicy, Session
 from continuity.spool.index import QueueIndex
@@ -158,7 +158,7 @@ class InboundPolicy:
             # Straight into the continuity mailboxes, if the store agrees that is where all of it goes.
             left = await self._direct.deliver(queue_id=queue_id, sender=sender, recipients=recipients,
                                               chunks=[header, data], client=session.peer_ip,
-                                              message_id=message_id_of(data[:HEADER_LIMIT]))
+                                              message_id=message_id_of(data))
             if left is not None:
                 if not left:
                     return queue_id

@@ -139,7 +139,8 @@ class MessageIntake:
     def _read_then_index(self, queue_id: str, deliver: bool, indexed: Deferred) -> None:
         """On an I/O worker: the file, then the index job handed to the SQL thread (as :meth:`_write_then_index`)."""
         try:
-            envelope, message, size = self._spool.read_if_small(queue_id, HANDOFF_LIMIT)
+            # Only what is delivered at once needs its message in memory.
+            envelope, message, size = self._spool.read_if_small(queue_id, HANDOFF_LIMIT if deliver else 0)
         except Exception:
             self._sql.submit(indexed, _raise, Failure())
             return
