@@ -57,7 +57,7 @@ from collections.abc import Callable
 from twisted.application.service import Service
 from twisted.internet import error, protocol
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.logger import Logger, formatEvent, globalLogBeginner
+from twisted.logger import Logger, eventAsText, globalLogBeginner
 from twisted.python.failure import Failure
 
 from continuity.logs import STDOUT, WorkerLog
@@ -326,9 +326,7 @@ def _stop_with_parent(parent: int) -> None:
 
 
 def _log_to_parent(event: dict) -> None:
-    text = formatEvent(event)
-    if event.get("log_failure") is not None:
-        text = f"{text}\n{event['log_failure'].getTraceback()}"
+    text = eventAsText(event, includeTimestamp=False, includeSystem=False)  # with a failure's traceback
     sys.stdout.write(text.rstrip("\n") + "\n")
     sys.stdout.flush()
 
