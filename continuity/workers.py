@@ -119,10 +119,6 @@ class _Worker(protocol.ProcessProtocol):
         else:
             log.warn("smtp worker {number} sent an unknown report: {line}", number=self.number, line=line)
 
-    def tell(self, line: str) -> None:
-        if self.transport is not None and self.pool.running:
-            self.transport.write(line.encode("utf-8") + b"\n")
-
     def processEnded(self, reason: Failure) -> None:
         self.pool.ended(self, reason)
         self.ended.callback(None)
@@ -249,7 +245,7 @@ class SMTPWorkers(Service):
     def directory_changed(self) -> None:
         """Our own mode switch landed: the workers' cached directory answers are stale."""
         for worker in self._workers.values():
-            worker.tell("clear")
+            worker.transport.write(b"clear\n")
 
     def stopService(self):
         super().stopService()

@@ -49,7 +49,6 @@ _hasher = argon2.PasswordHasher(time_cost=TIME_COST, memory_cost=MEMORY_COST_KIB
 
 #: What libsodium's ``crypto_pwhash_str_verify`` reads (``crypto_pwhash_STRBYTES`` includes the NUL).
 _SODIUM_MAX_HASH_CHARS = nacl.bindings.crypto_pwhash_STRBYTES - 1
-_SODIUM_MIN_TAG_BYTES = 16
 
 
 @functools.cache
@@ -80,7 +79,7 @@ def sodium_verifiable(stored_hash: str) -> bool:
         params = argon2.extract_parameters(stored_hash)
     except argon2.exceptions.InvalidHashError:
         return False
-    return params.hash_len >= _SODIUM_MIN_TAG_BYTES
+    return params.hash_len >= nacl.bindings.crypto_pwhash_BYTES_MIN
 
 
 def _verify(stored_hash: str, password: bytes) -> bool:
