@@ -38,7 +38,7 @@ from continuity.mailstore.filenames import (
     sized_base,
 )
 from continuity.mailstore.keywords import KEYWORDS_NAME, KeywordList, file_identity
-from continuity.locks import exclusive_lock
+from continuity.mailstore.locks import exclusive_lock
 from continuity.mailstore.names import FolderName
 from continuity.mailstore.records import FolderSnapshot, FolderStatus, MessageRef
 from continuity.mailstore.transaction import FlagChange, FolderTransaction, MessageFile

@@ -31,7 +31,7 @@ from continuity.envelope import Address
 from continuity.mailstore.errors import InvalidMailboxName, MailboxExists, MailboxNotFound, MailboxRefused
 from continuity.mailstore.filenames import UniqueNames
 from continuity.mailstore.folder import MailFolder
-from continuity.locks import exclusive_lock
+from continuity.mailstore.locks import exclusive_lock
 from continuity.mailstore.names import INBOX_NAME, FolderName
 from continuity.mailstore.records import FolderInfo
 from continuity.mailstore.uidlist import UIDLIST_NAME, UidList, UidValidityClock

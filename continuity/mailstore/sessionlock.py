@@ -2,7 +2,7 @@
 
 RFC 1939 4: once a POP3 session is authenticated, the server locks the
 maildrop so that no other POP3 session changes it; a second session gets
-``-ERR [IN-USE]`` (RFC 2449 8.1.1). Like :mod:`continuity.locks`
+``-ERR [IN-USE]`` (RFC 2449 8.1.1). Like :mod:`continuity.mailstore.locks`
 it is an ``flock`` on a lock file in the user's Maildir++ root, so it works
 between sessions of one process and between processes, and the kernel drops
 it when the holder dies. Unlike the folder locks it never waits: a lock that
@@ -49,7 +49,7 @@ def try_session_lock(user_root: str, kind: str) -> SessionLock | None:
     """Take the ``kind`` session lock (``"pop3"``) of the mailbox at ``user_root``, or None if held.
 
     ``user_root`` must exist (the caller ensured the mailbox); the lock file is
-    created in it when missing and never removed (see :mod:`continuity.locks`).
+    created in it when missing and never removed (see :mod:`continuity.mailstore.locks`).
     """
     if not kind.isalnum():
         raise ValueError(f"bad session lock kind {kind!r}")
