@@ -222,27 +222,6 @@ def _factory_builders() -> dict[str, FactoryBuilder]:
             "http": _http_factory}
 
 
-def _queue_runner(components: Components, spool, root: MultiService, endpoints) -> tuple:
-    """The index, intake, connection pool (over ``endpoints``) and queue runner over ``spool``; the pool and
-    the runner are children of ``root``, the runner stopped first. New mail goes to the runner at once."""
-    from continuity.delivery.agents import Agents
-    from continuity.delivery.runner import QueueRunner
-    from continuity.smtp.pool import ConnectionPool
-
-    config, reactor = components.config, components.reactor
-    index, intake = _intake(components, spool)
-    pool = ConnectionPool(clock=reactor, hostname=config.server.hostname, endpoint_factory=endpoints,
-                          timeout=config.relay.timeout)
-    agents = Agents(config, pool, components.mailstore, components.io.run, clock=reactor)
-    agents.intake = intake
-    runner = QueueRunner(reactor, config, components.sql, components.io.run, index, spool, components.directory,
-                         agents)
-    intake.kick, intake.claim = runner.kick, runner.claim_new
-    _ClosePool(pool).setServiceParent(root)
-    runner.setServiceParent(root)
-    return intake, pool, runner
-
-
 class _ClosePool(Service):
     """Closes the connection pool once the runner (stopped before it) has no delivery left in flight."""
 
@@ -257,18 +236,32 @@ class _ClosePool(Service):
 
 
 def _delivery(components: Components, root: MultiService) -> None:
-    """Spool, queue runner, agents, failover monitor and recovery."""
+    """Spool, queue runner, agents, failover monitor and recovery. The connection pool and the runner are
+    children of ``root`` (the runner stopped first); new mail goes to the runner at once."""
+    from continuity.delivery.agents import Agents
+    from continuity.delivery.runner import QueueRunner
     from continuity.failover.monitor import FailoverMonitor, probe_recipient
     from continuity.failover.recovery import Recovery, RecoveryJournal
     from continuity.smtp.client import hostname_endpoint_factory, probe
+    from continuity.smtp.pool import ConnectionPool
     from continuity.spool.store import MessageSpool
 
     config, reactor = components.config, components.reactor
     io, mailstore = components.io, components.mailstore
     spool = MessageSpool(config.spool_root)
     spool.prepare()
+    _intake(components, spool)
+    intake = components.intake
     endpoints_for = hostname_endpoint_factory(reactor)
-    intake, pool, runner = _queue_runner(components, spool, root, endpoints_for)
+    pool = ConnectionPool(clock=reactor, hostname=config.server.hostname, endpoint_factory=endpoints_for,
+                          timeout=config.relay.timeout)
+    agents = Agents(config, pool, mailstore, io.run, clock=reactor)
+    agents.intake = intake
+    runner = QueueRunner(reactor, config, components.sql, io.run, components.index, spool, components.directory,
+                         agents)
+    intake.kick, intake.claim = runner.kick, runner.claim_new
+    _ClosePool(pool).setServiceParent(root)
+    runner.setServiceParent(root)
     recovery = Recovery(components.sql, io.run, components.directory,
                         RecoveryJournal(components.db, reactor.seconds), mailstore, pool, components.sent_copies)
 
@@ -305,14 +298,13 @@ def _delivery(components: Components, root: MultiService) -> None:
     monitor.setServiceParent(root)
 
 
-def _intake(components: Components, spool) -> tuple:
-    """The queue index and the intake over ``spool`` (set on ``components`` for the SMTP policies)."""
+def _intake(components: Components, spool) -> None:
+    """The queue index and the intake over ``spool``, set on ``components`` (for the SMTP policies)."""
     from continuity.spool.index import QueueIndex
     from continuity.spool.intake import MessageIntake
 
     components.index = QueueIndex(components.db)
     components.intake = MessageIntake(components.reactor, components.sql, components.io, spool, components.index)
-    return components.index, components.intake
 
 
 def _components(config: Config, reactor, root: MultiService) -> Components:
@@ -389,8 +381,8 @@ def build_smtp_worker(config: Config, reactor, number: int, adopted: dict[str, i
     root = ServiceStack()
     components = _components(config, reactor, root)
     components.process, components.parent = number, parent
-    _, intake = _intake(components, MessageSpool(config.spool_root))  # the service process prepared it
-    intake.hand_over = parent.spooled
+    _intake(components, MessageSpool(config.spool_root))  # the service process prepared it
+    components.intake.hand_over = parent.spooled
     components.direct.hand_over = parent.delivered
     for name, fileno in adopted.items():
         AdoptedListener(name, fileno, protocol_factory(components, name), reactor).setServiceParent(root)
