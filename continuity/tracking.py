@@ -44,6 +44,16 @@ def record(conn: sqlite3.Connection, tracking_id: int, status: str, now: float, 
                  (tracking_id, now, status, detail))
 
 
+def mailbox_ref(address: str, base: str) -> str:
+    """The ``mailbox_ref`` of a copy in a continuity mailbox: recovery finds its rows by it."""
+    return f"{address}/{base}"
+
+
+def in_mailbox(address: str) -> str:
+    """The ``delayed`` event's detail of a copy in the continuity mailbox of ``address``."""
+    return f"in the continuity mailbox of {address}"
+
+
 def iso(timestamp: float) -> str:
     return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).isoformat(timespec="seconds")
 

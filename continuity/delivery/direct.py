@@ -122,5 +122,5 @@ class DirectDelivery:
                 tracking_id = tracking.create(
                     conn, queue_id=queue_id, message_id=message_id, sender=sender, recipient=recipient,
                     direction="inbound", status="received", now=now, detail=f"from {client or 'smtp'}")
-                tracking.record(conn, tracking_id, "delayed", now, f"in the continuity mailbox of {mailbox}",
-                                mailbox_ref=f"{mailbox}/{ref}")
+                tracking.record(conn, tracking_id, "delayed", now, tracking.in_mailbox(mailbox),
+                                mailbox_ref=tracking.mailbox_ref(mailbox, ref))

@@ -22,6 +22,7 @@ from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from continuity import tracking
 from continuity.config import Config
 from continuity.db import SQLThread
 from continuity.delivery.agents import Agents, Outcome
@@ -305,7 +306,7 @@ class QueueRunner(Service):
             await self._defer_or_expire(queue_id, sender, message, [entry], f"mailbox delivery failed: {exc}")
             return
         await self._change(queue_id, self._index.finish, [entry], "delayed",
-                           f"in the continuity mailbox of {address}", [f"{address}/{ref}"])
+                           tracking.in_mailbox(address), [tracking.mailbox_ref(address, ref)])
         self.log.info("{queue_id} delivered to the continuity mailbox of {address}", queue_id=queue_id,
                       address=address)
 

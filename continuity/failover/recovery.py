@@ -214,7 +214,7 @@ class Recovery:
         except Exception:
             return 0  # expunged meanwhile: nothing to send
         sender, message = split_delivery_headers(data)
-        return await self._relay(domain, upstream, address, "inbox", ref.base, f"{address}/{ref.base}", sender,
+        return await self._relay(domain, upstream, address, "inbox", ref.base, tracking.mailbox_ref(address, ref.base), sender,
                                  message, f"redelivery of {ref.base}", "")
 
     async def _redeliver_copy(self, domain: str, upstream: str, envelope: SpoolEnvelope) -> int | None:
