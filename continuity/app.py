@@ -307,8 +307,9 @@ def _intake(components: Components, spool) -> None:
     components.intake = MessageIntake(components.reactor, components.sql, components.io, spool, components.index)
 
 
-def _components(config: Config, reactor, root: MultiService) -> Components:
-    """The store, its SQL thread and I/O pool (children of ``root``), TLS, mail store, login."""
+def _components(config: Config, reactor, root: MultiService, process: int = 0) -> Components:
+    """The store, its SQL thread and I/O pool (children of ``root``), TLS, mail store, login; ``process`` 0
+    for the service, N for SMTP worker N."""
     try:
         durable.make_dirs(config.data_dir)
         db = Database(config.db_path).open()
@@ -326,11 +327,14 @@ def _components(config: Config, reactor, root: MultiService) -> Components:
         sql=sql,
         directory=Directory(db),
         tls_context=tls.context_factory(cert_path, key_path),
+        process=process,
     )
     io = WorkerThreads(reactor, "io", size=8)
     io.setServiceParent(root)
     components.io = io
-    components.directory_cache = DirectoryCache(reactor, sql, components.directory)
+    # An SMTP worker writes nothing to the store: its lookups are plain reads on the I/O pool, not jobs of
+    # its SQL thread, which take the store's writer lock as a write would and wait for the service's commits.
+    components.directory_cache = DirectoryCache(reactor, io if process else sql, components.directory)
     components.directory_changed.append(components.directory_cache.clear)
     components.mailstore = MaildirStore(config.mail_root, hostname=config.server.hostname)
     components.sent_copies = SentCopies(config.cs_sent_root)
@@ -379,8 +383,8 @@ def build_smtp_worker(config: Config, reactor, number: int, adopted: dict[str, i
     from continuity.spool.store import MessageSpool
 
     root = ServiceStack()
-    components = _components(config, reactor, root)
-    components.process, components.parent = number, parent
+    components = _components(config, reactor, root, number)
+    components.parent = parent
     _intake(components, MessageSpool(config.spool_root))  # the service process prepared it
     components.intake.hand_over = parent.spooled
     components.direct.hand_over = parent.delivered

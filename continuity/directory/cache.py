@@ -26,13 +26,15 @@ from twisted.python.failure import Failure
 from continuity.db import SQLThread
 from continuity.directory.store import Directory, Domain, User
 from continuity.envelope import Address
+from continuity.threads import WorkerThreads
 
 
 class DirectoryCache:
     """Recent answers of :class:`Directory` lookups; each one is asked of the SQL thread at most once per ``ttl``."""
 
-    def __init__(self, clock: IReactorTime, sql: SQLThread, directory: Directory, ttl: float = 1.0,
+    def __init__(self, clock: IReactorTime, sql: SQLThread | WorkerThreads, directory: Directory, ttl: float = 1.0,
                  limit: int = 10000):
+        """:param sql: runs the lookups (the SQL thread; an SMTP worker, which writes nothing, its I/O pool)."""
         self._clock = clock
         self._sql = sql
         self._directory = directory
