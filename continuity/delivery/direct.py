@@ -41,7 +41,8 @@ from twisted.logger import Logger
 from continuity import tracking
 from continuity.db import SQLThread
 from continuity.delivery.agents import delivery_headers
-from continuity.delivery.router import Route, current_route
+from continuity.delivery.router import Route
+from continuity.delivery.runner import current_route
 from continuity.directory.store import Directory
 from continuity.envelope import parse_address
 from continuity.mailstore import MaildirStore

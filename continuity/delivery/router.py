@@ -12,7 +12,7 @@ import enum
 
 import attrs
 
-from continuity.directory.store import Directory, Domain, User, is_covered
+from continuity.directory.store import Domain, User, is_covered
 
 
 class Route(enum.Enum):
@@ -41,11 +41,3 @@ def route(domain: Domain | None, user: User | None) -> Decision:
         return Decision(Route.HOLD, reason="emergency mode: not a registered user, held until recovery")
     return Decision(Route.HOLD, reason=f"emergency mode: {user.address} is not covered, held until recovery")
 
-
-def current_route(directory: Directory, domain_name: str, recipient: str,
-                  domains: dict[str, Domain | None]) -> tuple[Decision, Domain | None]:
-    """Where ``recipient`` goes as the store has it now (off the reactor); ``domains`` caches lookups per batch."""
-    if domain_name not in domains:
-        domains[domain_name] = directory.find_domain(domain_name)
-    domain = domains[domain_name]
-    return route(domain, directory.resolve(recipient) if domain is not None else None), domain

@@ -26,7 +26,7 @@ from continuity import tracking
 from continuity.config import Config
 from continuity.db import SQLThread
 from continuity.delivery.agents import Agents, Outcome
-from continuity.delivery.router import Decision, Route, current_route
+from continuity.delivery.router import Decision, Route, route
 from continuity.directory.store import Directory, Domain, fails_over_automatically
 from continuity.spool.index import QueueEntry, QueueIndex
 from continuity.spool.store import MessageSpool
@@ -34,6 +34,15 @@ from continuity.spool.store import MessageSpool
 HOLD_HORIZON = 10 * 365 * 86400.0  # held mail waits for recovery, not for a timer
 # An attempt takes at most this many relay timeouts (connecting and each reply have one).
 ATTEMPT_TIMEOUTS = 10
+
+
+def current_route(directory: Directory, domain_name: str, recipient: str,
+                  domains: dict[str, Domain | None]) -> tuple[Decision, Domain | None]:
+    """Where ``recipient`` goes as the store has it now (off the reactor); ``domains`` caches lookups per batch."""
+    if domain_name not in domains:
+        domains[domain_name] = directory.find_domain(domain_name)
+    domain = domains[domain_name]
+    return route(domain, directory.resolve(recipient) if domain is not None else None), domain
 
 
 class QueueRunner(Service):
@@ -249,7 +258,10 @@ class QueueRunner(Service):
         (:meth:`~continuity.spool.intake.MessageIntake.recover_spool`): the index says it is done.
         """
         self._finished.append(queue_id)
-        if self._removing is None and self.running:
+        self._remove_batch()
+
+    def _remove_batch(self) -> None:
+        if self._removing is None and self.running and self._finished:
             batch, self._finished = self._finished, []
             self._removing = self._io(self._remove_files, batch)
             self._removing.addErrback(lambda f: self.log.failure("removing finished spool files failed", f))
@@ -261,8 +273,7 @@ class QueueRunner(Service):
 
     def _removed(self, _) -> None:
         self._removing = None
-        if self._finished:
-            self._remove(self._finished.pop())
+        self._remove_batch()
 
     def _lookups(self, entries: Sequence[QueueEntry]) -> list[tuple[QueueEntry, Decision, Domain | None]]:
         """The route of each recipient (on the SQL thread)."""

@@ -336,9 +336,6 @@ class Prefetch:
         self._fill()
         return result
 
-    def __len__(self) -> int:
-        return len(self._chunks)
-
     def stop(self) -> None:
         """Start no more reads (the connection is gone); a read under way finishes and is dropped."""
         self._stopped = self._closed = True
