@@ -19,7 +19,6 @@ others only change this object's state and run on the reactor.
 from __future__ import annotations
 
 import collections
-import os
 import re
 import threading
 from typing import BinaryIO
@@ -34,7 +33,6 @@ from continuity.pop3.wire import survey
 
 #: How many message sizes a :class:`SizeCache` remembers.
 SIZE_CACHE_ENTRIES = 200_000
-_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 _VIRTUAL_SIZE = re.compile(r",W=([0-9]{1,15})(?:,|$)")
 
 
@@ -153,29 +151,6 @@ class Maildrop:
         :raises MessageExpunged: when another tool removed it meanwhile.
         """
         return self.store.open_message(message.ref)
-
-    def read_whole(self, message: MaildropMessage) -> bytes | None:
-        """A small message's file in one open and one read (blocking; read-ahead), or None if it outgrew its size.
-
-        The listed size counts line ends as CRLF, so the file is never larger;
-        asking for one octet more tells that the read reached its end. A file
-        another session renamed meanwhile (a flag change) is found by the store.
-
-        :raises MessageExpunged: when another tool removed it.
-        :raises OSError: when reading fails.
-        """
-        limit = message.size + 1
-        try:
-            fd = os.open(message.ref.path, _READ_FLAGS)
-        except FileNotFoundError:
-            with self.store.open_message(message.ref) as handle:
-                data = handle.read(limit)
-        else:
-            try:
-                data = os.read(fd, limit)
-            finally:
-                os.close(fd)
-        return data if len(data) <= message.size else None
 
     def commit(self) -> int:
         """The UPDATE state (RFC 1939 6): remove the marked messages, flag the retrieved ones seen.

@@ -42,7 +42,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from continuity.mailstore import MailstoreError, MessageExpunged
+from continuity.mailstore import MailstoreError
 from continuity.pop3 import replies
 from continuity.pop3.maildrop import Maildrop, MaildropMessage
 from continuity.pop3.wire import TERMINATOR, TopCut, encode_message
@@ -84,22 +84,17 @@ def top_reply(reply: bytes, lines: int) -> bytes:
 def read_replies(maildrop: Maildrop, messages: Sequence[MaildropMessage]) -> dict[int, bytes]:
     """The RETR reply (:func:`retr_reply`) of each of ``messages`` that could be read whole (blocking).
 
-    A message removed meanwhile, or one whose file outgrew its listed size, is
-    left out (RETR then takes the normal path and answers for it); at any
-    other store error reading stops, as the next files would most likely fail
-    alike.
+    One batch read of the store (:meth:`~continuity.mailstore.MaildirStore.read_messages`, which finds a
+    file another session renamed). A message removed meanwhile, or one whose file outgrew its listed size,
+    is left out (RETR then takes the normal path and answers for it); at a store error nothing is read
+    ahead.
     """
-    made: dict[int, bytes] = {}
-    for message in messages:
-        try:
-            data = maildrop.read_whole(message)
-        except MessageExpunged:
-            continue
-        except (MailstoreError, OSError):
-            break
-        if data is not None:
-            made[message.number] = retr_reply(message, data)
-    return made
+    try:
+        found = maildrop.store.read_messages([message.ref for message in messages])
+    except (MailstoreError, OSError):
+        return {}
+    return {message.number: retr_reply(message, data) for message, data in zip(messages, found)
+            if data is not None and len(data) <= message.size}
 
 
 def top_of(wire: bytes, lines: int) -> bytes:

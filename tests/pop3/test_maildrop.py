@@ -101,28 +101,29 @@ def test_size_cache_remembers_whether_a_message_is_plain(store, deliver, monkeyp
     assert cache.lookup(store, plain) == (3, True) and cache.lookup(store, bare_lf) == (3, False)
 
 
-def test_read_whole_reads_a_small_message_and_follows_a_rename(store, deliver):
-    """read_whole returns the file's octets, also after another session renamed it (a flag change)."""
+def test_read_ahead_reads_small_messages_and_follows_a_rename(store, deliver):
+    """Read-ahead has each file's octets, also after another session renamed it (a flag change)."""
+    from continuity.pop3.readahead import read_replies
+
     deliver(b"one\r\n", b"two\r\n")
     maildrop = Maildrop(store, ADDRESS)
     maildrop.open(SizeCache())
     first, second = maildrop.messages
-    assert maildrop.read_whole(first) == b"one\r\n"
     store.add_flags(parse_address(ADDRESS), "INBOX", [second.ref.uid], "F")  # renames the file
-    assert maildrop.read_whole(second) == b"two\r\n"
+    replies = read_replies(maildrop, [first, second])
+    assert replies[1].endswith(b"\r\none\r\n.\r\n") and replies[2].endswith(b"\r\ntwo\r\n.\r\n")
     maildrop.release()
 
 
-def test_read_whole_of_a_removed_message_raises_expunged(store, deliver):
-    """read_whole of a message another tool removed raises MessageExpunged."""
-    from continuity.mailstore import MessageExpunged
+def test_read_ahead_leaves_out_a_removed_message(store, deliver):
+    """A message another tool removed is not read ahead: RETR answers for it the normal way."""
+    from continuity.pop3.readahead import read_replies
 
-    (ref,) = deliver(b"one\r\n")
+    first, _ = deliver(b"one\r\n", b"two\r\n")
     maildrop = Maildrop(store, ADDRESS)
     maildrop.open(SizeCache())
-    store.remove_message(ref)
-    with pytest.raises(MessageExpunged):
-        maildrop.read_whole(maildrop.messages[0])
+    store.remove_message(first)
+    assert list(read_replies(maildrop, maildrop.messages)) == [2]
     maildrop.release()
 
 
