@@ -4,6 +4,9 @@
 
 :func:`write_now` writes small replies at once on a plain TCP connection, skipping Twisted's write-on-the-next-turn.
 
+:class:`WriteGate` is the producer a server registers while it writes a long answer from memory (IMAP
+FETCH batches, POP3 read-ahead), for back-pressure.
+
 Twisted's ``transport.write`` only buffers: the socket is registered for
 writing and the octets are sent on the next turn of the reactor, which then
 unregisters it - two ``epoll_ctl`` calls and one more event to dispatch per
@@ -21,7 +24,9 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from twisted.internet import tcp
+from twisted.internet import defer, tcp
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
 
 
 def new_session_id() -> str:
@@ -40,3 +45,42 @@ def write_now(transport: Any, data: bytes) -> None:
                 return
             data = data[sent:]
     transport.write(data)
+
+
+@implementer(IPushProducer)
+class WriteGate:
+    """A push producer that holds the writer while the transport's buffer is full.
+
+    A server that writes from memory never waits for the client by itself: a
+    client that reads nothing would have the output pile up in the transport.
+    Registered as the transport's producer, the gate is paused when its buffer
+    is full; the writer waits for :meth:`drained` before writing more.
+    """
+
+    def __init__(self) -> None:
+        self.paused = False
+        #: The connection is going away (the transport stops its producer before the protocol hears).
+        self.stopped = False
+        self._waiters: list[defer.Deferred] = []
+
+    def drained(self) -> defer.Deferred:
+        """Fires when the transport asks for more (at once if it is not paused)."""
+        if not self.paused:
+            return defer.succeed(None)
+        waiter: defer.Deferred = defer.Deferred()
+        self._waiters.append(waiter)
+        return waiter
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def stopProducing(self) -> None:
+        """The connection is gone: release whoever waits (it then sees that it is lost)."""
+        self.stopped = True
+        self.resumeProducing()

@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from continuity.imap.mime import Part, SectionNotFound
 from continuity.imap.parser import Atom, ParseError, format_date_time, number
 from continuity.mailstore import MessageRef
+from continuity.transport import WriteGate
 
 _SECTION = re.compile(r"\A(BODY|BODY\.PEEK|BINARY|BINARY\.PEEK)\[([^\]]*)\](?:<(\d{1,10})\.(\d{1,10})>)?\Z", re.I)
 _SECTION_TEXT = re.compile(r"\A((?:[1-9]\d{0,4}\.)*[1-9]\d{0,4})?\.?(HEADER\.FIELDS\.NOT|HEADER\.FIELDS|HEADER|TEXT|MIME)?\Z")
@@ -342,32 +343,6 @@ class Prefetch:
         self._ready.clear()
 
 
-class _Flow:
-    """Push-producer for FETCH output: the transport pauses it when its buffer is full."""
-
-    def __init__(self) -> None:
-        self.paused = False
-        self.stopped = False  # the transport is going away (it stops its producer before the protocol hears)
-        self._waiting: defer.Deferred | None = None
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        waiting, self._waiting = self._waiting, None
-        if waiting is not None:
-            waiting.callback(None)
-
-    def stopProducing(self) -> None:
-        self.stopped = True
-        self.resumeProducing()
-
-    def resumed(self) -> defer.Deferred:
-        self._waiting = defer.Deferred()
-        return self._waiting
-
-
 async def stream_fetch(transport: Any, rows: Rows, plan: FetchPlan, run: Callable[..., defer.Deferred],
                        read: Reader, lost: Callable[[], bool]) -> int:
     """Write the FETCH responses of ``rows`` in batches as the client takes them; return how many
@@ -386,7 +361,7 @@ async def stream_fetch(transport: Any, rows: Rows, plan: FetchPlan, run: Callabl
             transport.write(render_batch(chunks[0], plan, None)[0])
         return 0
     prefetch = Prefetch(run, chunks, plan, read) if plan.needs_file else None
-    flow = _Flow()
+    flow = WriteGate()
     transport.registerProducer(flow, True)
     missing = 0
     try:
@@ -398,8 +373,7 @@ async def stream_fetch(transport: Any, rows: Rows, plan: FetchPlan, run: Callabl
             missing += gone
             if not lost() and data:
                 transport.write(data)
-            if flow.paused:
-                await flow.resumed()
+            await flow.drained()
             if lost() or flow.stopped:
                 break
     finally:

@@ -26,7 +26,7 @@ byte-stuffing misses a dot at the start of a message or of a chunk, and its
   small ones that a client retrieves in order are read ahead in one worker
   call (:class:`~continuity.pop3.readahead.ReadAhead`, bounded per session)
   and answered from memory in one write, with back-pressure too
-  (:class:`~continuity.pop3.transfer.WriteGate`);
+  (:class:`~continuity.transport.WriteGate`);
 - every error is a ``-ERR`` reply and the session goes on; bad commands are
   counted and the connection closed after ``max_errors``; an unexpected
   exception is logged with the session id, never shown.
@@ -53,8 +53,8 @@ from continuity.pop3.arguments import Refusal, decode_base64, decode_plain, pars
 from continuity.pop3.lines import RUNAWAY, TOO_LONG, LineBuffer
 from continuity.pop3.maildrop import IMaildrop, Maildrop, MaildropInUse, MessageDeleted, NoSuchMessage, SizeCache
 from continuity.pop3.readahead import READ_AHEAD_BYTES, ReadAhead
-from continuity.pop3.transfer import MessageTransfer, TransferFailed, WriteGate
-from continuity.transport import new_session_id, write_now
+from continuity.pop3.transfer import MessageTransfer, TransferFailed
+from continuity.transport import WriteGate, new_session_id, write_now
 
 AUTHORIZATION, TRANSACTION, UPDATE = "AUTHORIZATION", "TRANSACTION", "UPDATE"
 #: RFC 1939 3: the autologout timer is at least 10 minutes.
