@@ -457,22 +457,25 @@ class POP3Server(twisted_pop3.POP3):
         self._multiline(replies.UIDL_OK, lines)
 
     def do_RETR(self, argument: str) -> defer.Deferred | None:
-        message = self._message(argument.strip())
-        reply = self._ahead.retr(message.number)
-        if reply is not None:  # read ahead: answered now, without a trip to the worker pool
-            return self._answer_from_memory(message, reply, retrieved=True)
-        return defer.Deferred.fromCoroutine(self._send_message(message, None))
+        return self._retrieve(self._message(argument.strip()), None)
 
     def do_TOP(self, argument: str) -> defer.Deferred | None:
         parts = argument.split()
         if len(parts) != 2:
             raise Refusal(replies.BAD_SYNTAX)
         message = self._message(parts[0])
-        top_lines = parse_line_count(parts[1])
-        reply = self._ahead.top(message.number, top_lines)
-        if reply is not None:
-            return self._answer_from_memory(message, reply, retrieved=False)
+        return self._retrieve(message, parse_line_count(parts[1]))
+
+    def _retrieve(self, message, top_lines: int | None) -> defer.Deferred | None:
+        """RETR (``top_lines`` None) or TOP: from memory when it was read ahead, else from disk."""
+        reply = self._read_ahead(message, top_lines)
+        if reply is not None:  # answered now, without a trip to the worker pool
+            return self._answer_from_memory(message, reply, retrieved=top_lines is None)
         return defer.Deferred.fromCoroutine(self._send_message(message, top_lines))
+
+    def _read_ahead(self, message, top_lines: int | None) -> bytes | None:
+        """The reply to RETR or TOP of ``message`` if it was read ahead."""
+        return self._ahead.retr(message.number) if top_lines is None else self._ahead.top(message.number, top_lines)
 
     def _answer_from_memory(self, message, reply: bytes, retrieved: bool) -> defer.Deferred | None:
         """RETR (``retrieved``) or TOP of a message read ahead, with its whole reply: one write.
@@ -498,7 +501,7 @@ class POP3Server(twisted_pop3.POP3):
         landing = ahead.wait_for(message.number)
         if landing is not None:  # being read ahead right now: wait for it rather than read it twice
             await landing
-            reply = ahead.retr(message.number) if top_lines is None else ahead.top(message.number, top_lines)
+            reply = self._read_ahead(message, top_lines)
             if reply is not None:
                 drained = self._answer_from_memory(message, reply, retrieved=top_lines is None)
                 if drained is not None:
