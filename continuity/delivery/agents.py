@@ -51,6 +51,12 @@ def delivery_headers(sender: str, recipient: str) -> bytes:
     return f"Return-Path: <{sender}>\r\nDelivered-To: {recipient}\r\n".encode("utf-8")
 
 
+def deliver_copy(mailstore: MaildirStore, address: str, sender: str, recipient: str,
+                 chunks: Sequence[bytes]) -> str:
+    """Write a copy into the INBOX of continuity mailbox ``address`` (blocking); return its Maildir base name."""
+    return mailstore.deliver(parse_address(address), [delivery_headers(sender, recipient), *chunks]).base
+
+
 class Agents:
     """The three delivery paths and the DSN they share."""
 
@@ -73,9 +79,7 @@ class Agents:
 
     async def mailbox(self, address: str, sender: str, recipient: str, message: bytes) -> str:
         """Deliver to the INBOX of ``address``; return the Maildir base name."""
-        ref = await self._io(self._mailstore.deliver, parse_address(address),
-                             [delivery_headers(sender, recipient), message])
-        return ref.base
+        return await self._io(deliver_copy, self._mailstore, address, sender, recipient, [message])
 
     async def outbound(self, sender: str, entries: Sequence[QueueEntry], message: bytes) -> list[Outcome]:
         smarthost = self._config.outbound.smarthost

@@ -40,7 +40,7 @@ from twisted.logger import Logger
 
 from continuity import tracking
 from continuity.db import SQLThread
-from continuity.delivery.agents import delivery_headers
+from continuity.delivery.agents import deliver_copy
 from continuity.delivery.router import Route
 from continuity.delivery.runner import current_route
 from continuity.directory.store import Directory
@@ -102,12 +102,12 @@ class DirectDelivery:
         written: list[Copy] = []
         for number, (recipient, mailbox) in enumerate(mailboxes):
             try:
-                ref = self._mailstore.deliver(parse_address(mailbox), [delivery_headers(sender, recipient), *chunks])
+                base = deliver_copy(self._mailstore, mailbox, sender, recipient, chunks)
             except Exception:
                 self.log.failure("{queue_id}: writing the copy for {address} failed; the spool takes it and the"
                                  " rest", queue_id=queue_id, address=mailbox)
                 return written, list(recipients[number:])
-            written.append((recipient, mailbox, ref.base))
+            written.append((recipient, mailbox, base))
         return written, []
 
     def record(self, queue_id: str, message_id: str | None, sender: str, client: str | None, now: float,
