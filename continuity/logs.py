@@ -121,7 +121,9 @@ class WorkerLog:
         self._fd = 1
         self._checked = clock()
         # Lines come from the I/O threads too: a reopen must not close the descriptor another is writing to.
-        self._lock = threading.Lock()
+        # Reentrant: twistd's SIGTERM handler logs, and it runs in whatever this thread was doing, which may
+        # be this very write (a plain lock hung the worker at its stop).
+        self._lock = threading.RLock()
         if path is not None:
             self._fd = self._open()
 

@@ -90,3 +90,22 @@ def test_time_stamps_are_twistd_s_made_once_a_second():
     for when in (1_800_000_000.0, 1_800_000_000.9, 1_800_000_001.2, 1_799_999_999.5):
         assert stamps(when) == formatTime(when)
     assert stamps(None) == formatTime(None)
+
+
+def test_a_line_logged_while_a_worker_writes_one_does_not_hang_it(tmp_path):
+    """twistd's SIGTERM handler logs from whatever the main thread was doing, which may be writing a line."""
+    path = tmp_path / "twistd.log"
+
+    class Interrupting(Clock):
+        def __call__(self) -> float:
+            if interrupt:  # called inside the write's lock: the signal arrives there
+                interrupt.pop()
+                log(event("Received SIGTERM, shutting down."))
+            return self.now
+
+    interrupt = []
+    log = WorkerLog(1, str(path), Interrupting())
+    interrupt.append(True)
+    log(event("disconnect from 127.0.0.1"))
+    assert [line.rsplit(": ", 1)[1] for line in path.read_text().splitlines()] == [
+        "Received SIGTERM, shutting down.", "disconnect from 127.0.0.1"]
