@@ -7,11 +7,14 @@
 - :class:`SlidingWindow`: events per key in the last ``window`` seconds (failed
   logins, messages sent per hour), bounded in the number of keys it remembers
   so a flood of made-up keys cannot grow memory without limit.
+- :class:`SharedWindow`: the same across the service and its SMTP workers
+  (:func:`sliding_window` picks one of the two).
 """
 
 from __future__ import annotations
 
 import collections
+import hashlib
 import mmap
 import os
 import zlib
@@ -41,6 +44,23 @@ class ConnectionCounter:
             del self._open[key]
 
 
+def _shared_tables(directory: str, name: str, process: int, processes: int, size: int) -> list[mmap.mmap]:
+    """One memory-mapped file of ``size`` bytes per process, ``directory/name-N``. Process 0 (the service, started
+    first) clears every table; any other clears its own when it starts, so what a process that ended counted goes."""
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    tables = []
+    for number in range(processes):
+        fd = os.open(os.path.join(directory, f"{name}-{number}"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            if process == 0 or number == process:
+                os.ftruncate(fd, 0)
+            os.ftruncate(fd, size)
+            tables.append(mmap.mmap(fd, size))
+        finally:
+            os.close(fd)
+    return tables
+
+
 class SharedConnectionCounter(ConnectionCounter):
     """Simultaneous connections per key across the processes sharing one listening socket.
 
@@ -49,27 +69,16 @@ class SharedConnectionCounter(ConnectionCounter):
     :attr:`SLOTS` 16-bit counts, indexed by a CRC of the key. To decide, it adds
     the other processes' counts for that slot. Two keys on one slot share a
     count (rare with 65,536 slots), so they are refused sooner, never later.
-    Process ``0`` (the service, started first) clears every table; a worker
-    clears its own when it starts, so connections of a process that ended
-    count no more.
+    Tables are cleared as :func:`_shared_tables` says, so connections of a
+    process that ended count no more.
     """
 
     SLOTS = 65536
 
     def __init__(self, limit: int, directory: str, name: str, process: int, processes: int):
         super().__init__(limit)
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        self._tables = []
-        for number in range(processes):
-            fd = os.open(os.path.join(directory, f"{name}-connections-{number}"),
-                         os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                if process == 0 or number == process:
-                    os.ftruncate(fd, 0)  # cleared: this process is new, or all are
-                os.ftruncate(fd, self.SLOTS * 2)
-                self._tables.append(memoryview(mmap.mmap(fd, self.SLOTS * 2)).cast("H"))
-            finally:
-                os.close(fd)
+        self._tables = [memoryview(table).cast("H") for table in
+                        _shared_tables(directory, f"{name}-connections", process, processes, self.SLOTS * 2)]
         self._own = self._tables[process]
 
     def _slot(self, key: Hashable) -> int:
@@ -124,3 +133,117 @@ class SlidingWindow:
 
     def clear(self, key: str) -> None:
         self._times.pop(key, None)
+
+
+class SharedWindow:
+    """Events per key in the last ``window`` seconds, counted across the processes of one service.
+
+    Each process writes only its own table, a memory-mapped file
+    (:func:`_shared_tables`), and reads the others'. An entry holds a 64-bit
+    hash of the key (found by open addressing, at most :attr:`PROBES` slots
+    from its home), the time the key was last cleared (milliseconds), and
+    :attr:`BUCKETS` counters of ``window / BUCKETS`` seconds each (a bucket
+    number and its count), as Postfix's anvil counts per time unit. A count
+    is the sum, over every table, of the buckets still in the window and
+    not older than the latest clear; a bucket that holds a clear counts
+    whole in the other processes' tables, so a clear there forgets a little
+    less, never more. When a table is full the entry counted longest ago
+    gives its slot up: like :class:`SlidingWindow`, a flood of made-up keys
+    costs a bounded space.
+    """
+
+    SLOTS = 8192
+    BUCKETS = 30
+    PROBES = 8
+    _ENTRY = 2 + 2 * BUCKETS  # int64s: hash, cleared (ms), then (bucket number, count) pairs
+
+    def __init__(self, clock: Callable[[], float], window: float, directory: str, name: str, process: int,
+                 processes: int):
+        self._clock = clock
+        self._width = window / self.BUCKETS
+        self._tables = [memoryview(table).cast("q") for table in
+                        _shared_tables(directory, name, process, processes, self.SLOTS * self._ENTRY * 8)]
+        self._own = self._tables[process]
+
+    def _hash(self, key: str) -> tuple[int, int]:
+        digest = int.from_bytes(hashlib.blake2b(key.encode("utf-8", "replace"), digest_size=8).digest(), "little",
+                                signed=True)
+        return digest or 1, digest % self.SLOTS  # 0 marks a free slot
+
+    def _find(self, table, tag: int, home: int) -> int | None:
+        for probe in range(self.PROBES):
+            offset = (home + probe) % self.SLOTS * self._ENTRY
+            if table[offset] == tag:
+                return offset
+        return None
+
+    def count(self, key: str) -> int:
+        """Events for ``key`` in the window, in every process."""
+        tag, home = self._hash(key)
+        entries = []
+        for table in self._tables:
+            offset = self._find(table, tag, home)
+            if offset is not None:
+                entries.append(table[offset + 1:offset + self._ENTRY].tolist())
+        if not entries:
+            return 0
+        now = int(self._clock() // self._width)
+        cleared = int(max(entry[0] for entry in entries) / 1000 // self._width)
+        oldest = max(now - self.BUCKETS + 1, cleared)
+        return sum(entry[i + 1] for entry in entries for i in range(1, self._ENTRY - 1, 2) if entry[i] >= oldest)
+
+    def add(self, key: str) -> int:
+        """Record an event for ``key`` now; return the count in the window, this one included."""
+        tag, home = self._hash(key)
+        offset = self._claim(tag, home)
+        now = int(self._clock() // self._width)
+        at = offset + 2 + now % self.BUCKETS * 2
+        own = self._own
+        if own[at] != now:
+            own[at + 1] = 0
+            own[at] = now
+        own[at + 1] += 1
+        return self.count(key)
+
+    def clear(self, key: str) -> None:
+        """Forget the events for ``key`` so far, in every process."""
+        tag, home = self._hash(key)
+        if all(self._find(table, tag, home) is None for table in self._tables):
+            return
+        offset = self._claim(tag, home)
+        own = self._own
+        own[offset + 2:offset + self._ENTRY] = memoryview(bytes(8 * (self._ENTRY - 2))).cast("q")
+        own[offset + 1] = int(self._clock() * 1000)
+
+    def _claim(self, tag: int, home: int) -> int:
+        """This process's entry for ``tag``, made in a free, stale or else the least recently counted slot."""
+        own = self._own
+        offset = self._find(own, tag, home)
+        if offset is not None:
+            return offset
+        now = int(self._clock() // self._width)
+        best, best_last = None, None
+        for probe in range(self.PROBES):
+            candidate = (home + probe) % self.SLOTS * self._ENTRY
+            last = None
+            if own[candidate]:
+                cleared = int(own[candidate + 1] / 1000 // self._width)
+                last = max(cleared, *own[candidate + 2:candidate + self._ENTRY:2])
+            if last is None or last <= now - self.BUCKETS:
+                best = candidate
+                break
+            if best_last is None or last < best_last:
+                best, best_last = candidate, last
+        own[best] = 0  # readers stop matching the old key before its counts go
+        own[best + 1:best + self._ENTRY] = memoryview(bytes(8 * (self._ENTRY - 1))).cast("q")
+        own[best] = tag
+        return best
+
+
+def sliding_window(clock: Callable[[], float], window: float, directory: str, name: str, process: int,
+                   processes: int) -> SlidingWindow | SharedWindow:
+    """A :class:`SlidingWindow` for a service alone, a :class:`SharedWindow` when ``processes`` (the service and
+    its SMTP workers) count together; the tables are ``directory/name-N``."""
+    if processes == 1:
+        return SlidingWindow(clock, window)
+    return SharedWindow(clock, window, directory, name, process, processes)
