@@ -19,6 +19,7 @@ import mmap
 import os
 import zlib
 from collections.abc import Callable, Hashable
+from typing import Protocol
 
 #: Keys a :class:`SlidingWindow` remembers at most; the least recently counted go first.
 MAX_TRACKED = 100_000
@@ -98,6 +99,16 @@ class SharedConnectionCounter(ConnectionCounter):
         slot = self._slot(key)
         if self._own[slot]:
             self._own[slot] -= 1
+
+
+class Window(Protocol):
+    """What the login throttle and the sending rate count with (:class:`SlidingWindow`, :class:`SharedWindow`)."""
+
+    def count(self, key: str) -> int: ...
+
+    def add(self, key: str) -> int: ...
+
+    def clear(self, key: str) -> None: ...
 
 
 class SlidingWindow:

@@ -6,7 +6,11 @@ the SMTP client) then share that core, and reaching Postfix's rate on a
 2-core machine needs both. So the service process starts ``smtp_workers``
 child processes that accept on the same listening socket as itself (the
 kernel gives each connection to whichever process accepts first, so a busy
-process takes fewer) and run the same MX policy. Past the ``250`` the work is
+process takes fewer) and run the same MX policy. The submission listeners
+are theirs alone while one is ready (``WORKERS_ONLY`` in
+:mod:`continuity.app`); the service accepts there again when none is left.
+What the listeners limit per IP or user is counted in tables the processes
+share (:mod:`continuity.counters`). Past the ``250`` the work is
 divided as Postfix divides it between ``smtpd`` and ``qmgr``: a worker writes
 each message's spool file durably, answers ``250`` and hands the queue id
 over; the service process indexes the file, claims it and delivers it, as it
@@ -24,8 +28,9 @@ The parent and a worker talk in lines over pipes:
   for each copy it wrote straight into a continuity mailbox in emergency
   mode (the parent writes its tracking rows,
   :meth:`~continuity.delivery.direct.DirectDelivery.record`); ``rejected
-  JSON`` for each recipient it refused (the parent tracks it). A worker
-  writes nothing to the store.
+  JSON`` for each recipient it refused (the parent tracks it); ``cs-sent
+  JSON`` for each CS-SENT copy it kept (the parent tracks it); ``ready``
+  once it accepts. A worker writes nothing to the store.
 - parent -> worker stdin: ``clear`` when a mode switch of ours landed (the
   worker's directory cache must not answer with the old mode); EOF when the
   parent is gone, and the worker stops.
@@ -56,7 +61,7 @@ from collections.abc import Callable
 
 from twisted.application.service import Service
 from twisted.internet import error, protocol
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger, eventAsText, globalLogBeginner
 from twisted.python.failure import Failure
 
@@ -116,6 +121,10 @@ class _Worker(protocol.ProcessProtocol):
             self.pool.delivered(rest, self.number)
         elif kind == "rejected":
             self.pool.rejected(rest, self.number)
+        elif kind == "cs-sent":
+            self.pool.cs_sent(rest, self.number)
+        elif kind == "ready" and not rest:
+            self.pool.ready(self)
         else:
             log.warn("smtp worker {number} sent an unknown report: {line}", number=self.number, line=line)
 
@@ -138,7 +147,8 @@ class SMTPWorkers(Service):
 
     def __init__(self, reactor, config_path: str, count: int, listening: dict[str, Callable[[], int]],
                  intake, record: Callable[..., Deferred], reject: Callable[[str, str, str], Deferred],
-                 logs: str | None = None):
+                 track_cs_sent: Callable[..., Deferred], logs: str | None = None,
+                 serving: Callable[[bool], None] = lambda serving: None):
         """
         :param listening: name -> the file descriptor of the listening socket the workers share.
         :param intake: the service's :class:`~continuity.spool.intake.MessageIntake`: it indexes and delivers
@@ -146,6 +156,10 @@ class SMTPWorkers(Service):
             (``index_strays``).
         :param record: write the tracking rows of a copy a worker delivered to a continuity mailbox.
         :param reject: write the tracking row of a recipient a worker refused (sender, recipient, detail).
+        :param track_cs_sent: write the tracking row of a CS-SENT copy a worker kept (queue id, Message-ID,
+            sender, address, time).
+        :param serving: told True when the first worker is ready to accept, False when none is left (the
+            service accepts again where only workers did).
         :param logs: where the service logs (:func:`continuity.logs.destination`): a worker appends its own
             lines to that file, or writes them to the service's stdout; None: it sends them to the service.
         """
@@ -156,8 +170,11 @@ class SMTPWorkers(Service):
         self._intake = intake
         self._record = record
         self._reject = reject
+        self._track_cs_sent = track_cs_sent
         self._logs = logs
+        self._serving = serving
         self._workers: dict[int, _Worker] = {}
+        self._ready: set[_Worker] = set()
         self._started: dict[int, float] = {}
         self._quick_ends: dict[int, int] = {}
 
@@ -210,6 +227,18 @@ class SMTPWorkers(Service):
     def rejected(self, payload: str, number: int) -> None:
         self._track("a rejection", payload, number, self._reject)
 
+    def cs_sent(self, payload: str, number: int) -> None:
+        self._track("a CS-SENT copy", payload, number, self._track_cs_sent)
+
+    def ready(self, worker: _Worker) -> None:
+        """``worker`` accepts on the shared sockets."""
+        if self.running and self._workers.get(worker.number) is worker and worker not in self._ready:
+            log.info("smtp worker {number} accepting on {listeners}", number=worker.number,
+                     listeners=", ".join(sorted(self._listening)))
+            self._ready.add(worker)
+            if len(self._ready) == 1:
+                self._serving(True)
+
     def _track(self, what: str, payload: str, number: int, record: Callable[..., Deferred]) -> None:
         """Write the tracking rows a worker reported (a JSON array of ``record``'s arguments)."""
         try:
@@ -222,6 +251,10 @@ class SMTPWorkers(Service):
                                            number=number))
 
     def ended(self, worker: _Worker, reason: Failure) -> None:
+        if worker in self._ready:
+            self._ready.discard(worker)
+            if not self._ready and self.running:
+                self._serving(False)
         if self.running:
             # Its last hand-overs may be lost (a kill before its pipe was written): look for them (indexed,
             # the next queue pass delivers them).
@@ -296,6 +329,16 @@ class _Parent(protocol.Protocol):
         line = json.dumps([sender, recipient, detail[:1000]])  # well inside MAX_LINE, even all escaped
         self.transport.write(f"rejected {line}\n".encode("utf-8"))
 
+    def cs_sent(self, queue_id: str, message_id: str | None, sender: str, address: str, now: float) -> Deferred:
+        """A CS-SENT copy kept (its file is durable): the service process writes its tracking row."""
+        line = json.dumps([queue_id, message_id, sender, address, now])
+        self.transport.write(f"cs-sent {line}\n".encode("utf-8"))
+        return succeed(None)
+
+    def ready(self) -> None:
+        """This worker accepts on the sockets it was given."""
+        self.transport.write(b"ready\n")
+
     def dataReceived(self, data: bytes) -> None:
         self._lines.feed(data)
 
@@ -354,7 +397,11 @@ def main(argv: list[str] | None = None) -> None:
     root, components = build_smtp_worker(load_config(args.config), reactor, args.number, adopted, parent)
     parent.cleared = components.directory_cache.clear
     stdio.StandardIO(parent, stdin=0, stdout=REPORTS_FD, reactor=reactor)
-    reactor.callWhenRunning(root.startService)
+    def start() -> None:
+        root.startService()
+        parent.ready()
+
+    reactor.callWhenRunning(start)
     reactor.addSystemEventTrigger("before", "shutdown", root.stopService)
     reactor.run()
 

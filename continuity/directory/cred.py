@@ -34,7 +34,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
-from continuity.counters import SlidingWindow
+from continuity.counters import SlidingWindow, Window
 from continuity.directory.store import Directory, User
 from continuity.errors import InvalidAddress, NotFound
 
@@ -144,12 +144,18 @@ def _nothing() -> None:
 
 
 class LoginThrottle:
-    """Failed logins per client IP and per account (see the module docstring)."""
+    """Failed logins per client IP and per account (see the module docstring).
 
-    def __init__(self, clock: Callable[[], float], max_failures: int):
+    :param window: makes a window by name and seconds; by default this process's own (a service with SMTP
+        workers passes windows they share, :func:`continuity.counters.sliding_window`).
+    """
+
+    def __init__(self, clock: Callable[[], float], max_failures: int,
+                 window: Callable[[str, float], Window] | None = None):
         self.max_failures = max_failures
-        self._ips = SlidingWindow(clock, WINDOW)
-        self._accounts = SlidingWindow(clock, WINDOW)
+        window = window or (lambda name, seconds: SlidingWindow(clock, seconds))
+        self._ips = window("login-failures-by-ip", WINDOW)
+        self._accounts = window("login-failures-by-account", WINDOW)
 
     def refused(self, ip: str, account: str) -> bool:
         """Whether a login from ``ip`` for ``account`` is refused without checking it."""
@@ -226,8 +232,10 @@ class Authenticator:
 
 
 def build_authenticator(directory: Directory, run_blocking: RunBlocking, clock: IReactorTime,
-                        max_failures: int) -> tuple[Authenticator, MailRealm]:
-    """The service's authenticator and its realm (protocols register their avatars on the realm)."""
+                        max_failures: int, window: Callable[[str, float], Window] | None = None,
+                        ) -> tuple[Authenticator, MailRealm]:
+    """The service's authenticator and its realm (protocols register their avatars on the realm); ``window``
+    as :class:`LoginThrottle` takes it."""
     realm = MailRealm(directory, run_blocking)
-    throttle = LoginThrottle(getattr(clock, "seconds", time.time), max_failures)
+    throttle = LoginThrottle(getattr(clock, "seconds", time.time), max_failures, window)
     return Authenticator(DirectoryChecker(directory, run_blocking), realm, throttle, clock), realm

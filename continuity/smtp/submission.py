@@ -21,7 +21,7 @@ Users authenticate (AUTH PLAIN or LOGIN through the shared portal,
 from __future__ import annotations
 
 import email.utils
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
@@ -29,14 +29,13 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from continuity.config import Config
-from continuity.counters import SlidingWindow
-from continuity.db import SQLThread
+from continuity.counters import ConnectionCounter, SlidingWindow, Window
 from continuity.directory.cache import DirectoryCache
 from continuity.directory.cred import Authenticator, IMailUser, LoginFailed, LoginThrottled
-from continuity.directory.store import Directory, User
+from continuity.directory.store import User
 from continuity.envelope import Address, Envelope, header_section, message_id_of, parse_address
 from continuity.errors import InvalidAddress
-from continuity.failover.cssent import SentCopies, record_cs_sent_tracking
+from continuity.failover.cssent import SentCopies
 from continuity.smtp.codes import SMTPReply, TemporaryFailure
 from continuity.smtp.inbound import ConnectionLimit, directions_of, trace_header
 from continuity.smtp.server import ISMTPPolicy, Session
@@ -45,13 +44,16 @@ from continuity.spool.store import new_queue_id
 
 HOUR = 3600.0
 
+#: ``track(queue_id, message_id, sender, address, now)``: the CS-SENT copy's tracking row, written or handed over.
+TrackCSSent = Callable[[str, "str | None", str, str, float], Awaitable[None] | None]
+
 
 class SendRate:
-    """Messages per user in a sliding hour."""
+    """Messages per user in a sliding hour (in ``window``, when given: one the SMTP workers share)."""
 
-    def __init__(self, clock: Callable[[], float], per_hour: int):
+    def __init__(self, clock: Callable[[], float], per_hour: int, window: Window | None = None):
         self._per_hour = per_hour
-        self._sent = SlidingWindow(clock, HOUR)
+        self._sent = window or SlidingWindow(clock, HOUR)
 
     def exceeded(self, address: str) -> bool:
         return self._sent.count(address) >= self._per_hour
@@ -97,19 +99,25 @@ class SubmissionPolicy:
 
     log = Logger()
 
-    def __init__(self, config: Config, sql: SQLThread, io: Callable, directory: Directory, intake: MessageIntake,
-                 authenticator: Authenticator, sent_copies: SentCopies, clock, cache: DirectoryCache):
+    def __init__(self, config: Config, io: Callable, intake: MessageIntake, authenticator: Authenticator,
+                 sent_copies: SentCopies, clock, cache: DirectoryCache, track_cs_sent: TrackCSSent,
+                 connections: ConnectionCounter | None = None, sent: Window | None = None):
+        """
+        :param track_cs_sent: writes a CS-SENT copy's tracking row (:func:`record_cs_sent_tracking`'s arguments
+            after the store); an SMTP worker hands it to the service process.
+        :param connections: and ``sent`` (the messages per user in the last hour): shared with the SMTP
+            workers when they accept on these listeners too.
+        """
         self._config = config
-        self._sql = sql
         self._io = io
-        self._directory = directory
         self._cache = cache
         self._intake = intake
         self._authenticator = authenticator
         self._sent_copies = sent_copies
         self._clock = clock
-        self._connections = ConnectionLimit(config.limits.connections_per_ip, config.server.hostname)
-        self._rate = SendRate(clock.seconds, config.limits.messages_per_hour)
+        self._track_cs_sent = track_cs_sent
+        self._connections = ConnectionLimit(config.limits.connections_per_ip, config.server.hostname, connections)
+        self._rate = SendRate(clock.seconds, config.limits.messages_per_hour, sent)
 
     def connection_made(self, session: Session) -> None:
         self._connections.acquire(session)
@@ -178,8 +186,7 @@ class SubmissionPolicy:
                 await self._io(self._sent_copies.discard, queue_id)
             raise
         if cs_sent:
-            await self._sql.run(record_cs_sent_tracking, self._directory.db, queue_id, message_id, sender,
-                                user.address, now)
+            await self._track_cs_sent(queue_id, message_id, sender, user.address, now)
         self._rate.count(user.address)
         self.log.info("{session}: {queue_id} submitted by {user} from {ip}, {count} recipient(s), {size} bytes"
                       "{cs_sent}", session=session.session_id, queue_id=queue_id, user=user.address,

@@ -8,6 +8,7 @@ customer's server (the upstream) and the Internet (the outbound smarthost).
 
 from __future__ import annotations
 
+import os
 import signal
 import smtplib
 import ssl
@@ -29,11 +30,12 @@ class MSA:
     """A running service with its ports, continuityctl, data_dir and the Internet's sink."""
 
     def __init__(self, tmp_path: Path, internet: SmtpSink, **limits):
-        self.smtp, self.submission, self.submissions = free_port(), free_port(), free_port()
+        self.smtp, self.submission, self.submissions, self.imap = free_port(), free_port(), free_port(), free_port()
         sections = default_sections(listen={
             "smtp": f"tcp:{self.smtp}:interface=127.0.0.1",
             "submission": f"tcp:{self.submission}:interface=127.0.0.1",
             "submissions": f"tcp:{self.submissions}:interface=127.0.0.1",
+            "imap": f"tcp:{self.imap}:interface=127.0.0.1",
         })
         sections["relay"] = {"timeout": 3, "probe_interval": 1, "retry_intervals": [1, 2], "max_queue_age": 3600}
         sections["outbound"] = {"smarthost": internet.address, "relay_networks": ["127.0.0.1/32"]}
@@ -292,6 +294,58 @@ def test_bare_lf_in_submitted_data_is_refused(msa):
         code, text = client.getreply()
         assert (code, text[:5]) == (550, b"5.5.2")
         assert client.noop()[0] == 250  # still in command mode, nothing smuggled
+
+
+@pytest.fixture
+def frozen_service_msa(tmp_path, internet, upstream):
+    """A service of its own whose SMTP worker has taken the submission listeners over."""
+    msa = MSA(tmp_path, internet, auth_failures=3).start()
+    msa.domain(upstream.address, "erin@example.com")
+    wait_until(lambda: "smtp worker 1 accepting on smtp, submission, submissions" in msa.service.log(),
+               what="the SMTP worker to accept")
+    yield msa
+    os.kill(msa.service.process.pid, signal.SIGCONT)
+    msa.stop()
+
+
+def test_the_smtp_worker_takes_submission_and_the_service_delivers(frozen_service_msa, internet):
+    """STARTTLS and implicit TLS sessions go to the worker; the service (frozen meanwhile) relays after."""
+    msa = frozen_service_msa
+    os.kill(msa.service.process.pid, signal.SIGSTOP)
+    msa.submit("erin@example.com", ["w1@internet.example"], message("erin@example.com", "w1@internet.example",
+                                                                     "via the worker, 587"))
+    msa.submit("erin@example.com", ["w2@internet.example"], message("erin@example.com", "w2@internet.example",
+                                                                     "via the worker, 465"), implicit_tls=True)
+    os.kill(msa.service.process.pid, signal.SIGCONT)
+    wait_until(lambda: len([m for m in internet.messages(0) if b"via the worker" in m.content]) == 2,
+               what="both messages at the smarthost")
+    assert "smtp worker 1: " in msa.service.log() and "submitted by erin@example.com" in msa.service.log()
+
+
+def test_failed_logins_count_across_the_service_and_its_worker(frozen_service_msa):
+    """auth_failures (3) per IP: one on IMAP (the service), two on submission (the worker: smtplib tries PLAIN,
+    then LOGIN) throttle logins in both."""
+    import imaplib
+
+    msa = frozen_service_msa
+
+    def imap_login(password: str) -> None:
+        with imaplib.IMAP4("127.0.0.1", msa.imap, timeout=20) as client:
+            client.starttls(ssl._create_unverified_context())
+            client.login("erin@example.com", password)
+
+    with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
+        imap_login("wrong")
+    with pytest.raises(smtplib.SMTPAuthenticationError) as info:
+        with smtplib.SMTP("127.0.0.1", msa.submission, timeout=20) as client:
+            client.starttls(context=ssl._create_unverified_context())
+            client.login("erin@example.com", "wrong")
+    assert info.value.smtp_code == 535
+    with pytest.raises(smtplib.SMTPAuthenticationError) as info:
+        msa.submit("erin@example.com", ["x@internet.example"], message("erin@example.com", "x@internet.example"))
+    assert (info.value.smtp_code, info.value.smtp_error[:5]) == (454, b"4.7.0")
+    with pytest.raises(imaplib.IMAP4.error, match="UNAVAILABLE"):
+        imap_login(PASSWORD)
 
 
 def test_outbound_refusal_bounces_to_the_sender(tmp_path, smtp_sink):
