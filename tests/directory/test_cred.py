@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from twisted.internet import defer, task
+from twisted.cred.error import UnauthorizedLogin
 from zope.interface import Interface
 
 from continuity.db import Database
@@ -191,3 +192,28 @@ def test_user_removed_between_check_and_avatar_fails_the_login(directory, clock)
     directory.authenticate = check_then_vanish
     [failure] = outcome(authenticator.login("alice@example.com", GOOD, "192.0.2.1", IMaildrop, "imap"), clock)
     assert failure.type is LoginFailed
+
+
+def test_passwords_are_verified_at_most_so_many_at_once(directory):
+    """A login storm: each verification waits for a free turn, in the order the logins came."""
+    from continuity.directory.cred import DirectoryChecker
+    from twisted.cred.credentials import UsernamePassword
+
+    started: list[defer.Deferred] = []
+
+    def run_later(fn, *args):
+        d = defer.Deferred()
+        d.addCallback(lambda _: fn(*args))
+        started.append(d)
+        return d
+
+    checker = DirectoryChecker(directory, run_later, at_once=2)
+    results = [outcome(checker.requestAvatarId(UsernamePassword(b"alice@example.com", password.encode())),
+                       task.Clock()) for password in (GOOD, "wrong", GOOD)]
+    assert len(started) == 2  # the third waits
+    started[1].callback(None)
+    assert len(started) == 3 and results[1] and not results[2]
+    started[0].callback(None)
+    started[2].callback(None)
+    assert results[0] == ["alice@example.com"] and results[2] == ["alice@example.com"]
+    assert results[1][0].check(UnauthorizedLogin)
