@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import mmap
 import os
@@ -146,6 +147,14 @@ class SlidingWindow:
         self._times.pop(key, None)
 
 
+@functools.lru_cache(maxsize=4096)
+def _key_hash(key: str, slots: int) -> tuple[int, int]:
+    """A key's 64-bit hash (never 0, which marks a free slot) and its home slot; the same in every process."""
+    digest = int.from_bytes(hashlib.blake2b(key.encode("utf-8", "replace"), digest_size=8).digest(), "little",
+                            signed=True)
+    return digest or 1, digest % slots
+
+
 class SharedWindow:
     """Events per key in the last ``window`` seconds, counted across the processes of one service.
 
@@ -177,9 +186,7 @@ class SharedWindow:
         self._own = self._tables[process]
 
     def _hash(self, key: str) -> tuple[int, int]:
-        digest = int.from_bytes(hashlib.blake2b(key.encode("utf-8", "replace"), digest_size=8).digest(), "little",
-                                signed=True)
-        return digest or 1, digest % self.SLOTS  # 0 marks a free slot
+        return _key_hash(key, self.SLOTS)
 
     def _find(self, table, tag: int, home: int) -> int | None:
         for probe in range(self.PROBES):

@@ -47,7 +47,7 @@ class SpoolEnvelope:
     extra: dict = attrs.field(factory=dict)
 
     def to_line(self) -> bytes:
-        data = attrs.asdict(self)
+        data = attrs.asdict(self, recurse=False)  # json writes the tuple and the dict as they are
         data["v"] = 1
         return json.dumps(data, separators=(",", ":"), sort_keys=True).encode("utf-8") + b"\n"
 
