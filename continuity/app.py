@@ -204,7 +204,6 @@ def _smtp_factory(components: "Components", name: str) -> IProtocolFactory:
 
 def _submission_factory(components: "Components", name: str) -> IProtocolFactory:
     from continuity.counters import SharedConnectionCounter
-    from continuity.failover.cssent import record_cs_sent_tracking
     from continuity.smtp.server import SMTPServerFactory
     from continuity.smtp.submission import HOUR, SubmissionPolicy
 
@@ -213,15 +212,8 @@ def _submission_factory(components: "Components", name: str) -> IProtocolFactory
     if config.server.smtp_workers:
         connections = SharedConnectionCounter(config.limits.connections_per_ip, config.run_root, name,
                                               components.process, 1 + config.server.smtp_workers)
-    if components.parent is not None:
-        track_cs_sent = components.parent.cs_sent
-    else:
-        def track_cs_sent(*row) -> Deferred:
-            return components.sql.run(record_cs_sent_tracking, components.db, *row)
-
     policy = SubmissionPolicy(config, components.io.run, components.intake, components.authenticator,
-                              components.sent_copies, components.reactor, components.directory_cache, track_cs_sent,
-                              connections, components.window("sent-per-hour", HOUR))
+                              components.sent_copies, components.reactor, components.directory_cache, connections, components.window("sent-per-hour", HOUR))
     return SMTPServerFactory(policy, config.server.hostname, config.limits, tls_context=components.tls_context,
                              auth_enabled=True, require_tls_for_auth=config.tls.require_tls_for_auth,
                              clock=components.reactor)
@@ -462,7 +454,6 @@ def build_service(config: Config, reactor, logs: str | None = None) -> MultiServ
         listeners[name].setServiceParent(root)
     shared = [name for name in ("smtp", *WORKERS_ONLY) if name in listeners]
     if config.server.smtp_workers and shared:
-        from continuity.failover.cssent import record_cs_sent_tracking
         from continuity.workers import SMTPWorkers
 
         def serving(workers: bool) -> None:
@@ -475,7 +466,6 @@ def build_service(config: Config, reactor, logs: str | None = None) -> MultiServ
                               {name: listeners[name].fileno for name in shared}, components.intake,
                               components.direct.record,
                               lambda *refused: components.sql.run(components.index.record_rejection, *refused),
-                              lambda *row: components.sql.run(record_cs_sent_tracking, components.db, *row),
                               logs, serving)
         workers.setServiceParent(root)
         components.directory_changed.append(workers.directory_changed)

@@ -28,9 +28,9 @@ The parent and a worker talk in lines over pipes:
   for each copy it wrote straight into a continuity mailbox in emergency
   mode (the parent writes its tracking rows,
   :meth:`~continuity.delivery.direct.DirectDelivery.record`); ``rejected
-  JSON`` for each recipient it refused (the parent tracks it); ``cs-sent
-  JSON`` for each CS-SENT copy it kept (the parent tracks it); ``ready``
-  once it accepts. A worker writes nothing to the store.
+  JSON`` for each recipient it refused (the parent tracks it); ``ready``
+  once it accepts. A worker writes nothing to the store (the parent tracks
+  a CS-SENT copy when it indexes the message).
 - parent -> worker stdin: ``clear`` when a mode switch of ours landed (the
   worker's directory cache must not answer with the old mode); EOF when the
   parent is gone, and the worker stops.
@@ -61,7 +61,7 @@ from collections.abc import Callable
 
 from twisted.application.service import Service
 from twisted.internet import error, protocol
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger, eventAsText, globalLogBeginner
 from twisted.python.failure import Failure
 
@@ -121,8 +121,6 @@ class _Worker(protocol.ProcessProtocol):
             self.pool.delivered(rest, self.number)
         elif kind == "rejected":
             self.pool.rejected(rest, self.number)
-        elif kind == "cs-sent":
-            self.pool.cs_sent(rest, self.number)
         elif kind == "ready" and not rest:
             self.pool.ready(self)
         else:
@@ -147,7 +145,7 @@ class SMTPWorkers(Service):
 
     def __init__(self, reactor, config_path: str, count: int, listening: dict[str, Callable[[], int]],
                  intake, record: Callable[..., Deferred], reject: Callable[[str, str, str], Deferred],
-                 track_cs_sent: Callable[..., Deferred], logs: str | None = None,
+                 logs: str | None = None,
                  serving: Callable[[bool], None] = lambda serving: None):
         """
         :param listening: name -> the file descriptor of the listening socket the workers share.
@@ -156,8 +154,6 @@ class SMTPWorkers(Service):
             (``index_strays``).
         :param record: write the tracking rows of a copy a worker delivered to a continuity mailbox.
         :param reject: write the tracking row of a recipient a worker refused (sender, recipient, detail).
-        :param track_cs_sent: write the tracking row of a CS-SENT copy a worker kept (queue id, Message-ID,
-            sender, address, time).
         :param serving: told True when the first worker is ready to accept, False when none is left (the
             service accepts again where only workers did).
         :param logs: where the service logs (:func:`continuity.logs.destination`): a worker appends its own
@@ -170,7 +166,6 @@ class SMTPWorkers(Service):
         self._intake = intake
         self._record = record
         self._reject = reject
-        self._track_cs_sent = track_cs_sent
         self._logs = logs
         self._serving = serving
         self._workers: dict[int, _Worker] = {}
@@ -226,9 +221,6 @@ class SMTPWorkers(Service):
 
     def rejected(self, payload: str, number: int) -> None:
         self._track("a rejection", payload, number, self._reject)
-
-    def cs_sent(self, payload: str, number: int) -> None:
-        self._track("a CS-SENT copy", payload, number, self._track_cs_sent)
 
     def ready(self, worker: _Worker) -> None:
         """``worker`` accepts on the shared sockets."""
@@ -328,12 +320,6 @@ class _Parent(protocol.Protocol):
         """A recipient refused at RCPT: the service process writes its tracking row."""
         line = json.dumps([sender, recipient, detail[:1000]])  # well inside MAX_LINE, even all escaped
         self.transport.write(f"rejected {line}\n".encode("utf-8"))
-
-    def cs_sent(self, queue_id: str, message_id: str | None, sender: str, address: str, now: float) -> Deferred:
-        """A CS-SENT copy kept (its file is durable): the service process writes its tracking row."""
-        line = json.dumps([queue_id, message_id, sender, address, now])
-        self.transport.write(f"cs-sent {line}\n".encode("utf-8"))
-        return succeed(None)
 
     def ready(self) -> None:
         """This worker accepts on the sockets it was given."""

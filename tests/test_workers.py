@@ -45,12 +45,10 @@ class ServiceSide:
         self.results: list[Deferred] = []
         self.recorded: list[tuple] = []
         self.rejected: list[tuple] = []
-        self.cs_sent: list[tuple] = []
         self.serving: list[bool] = []
         self.scans = 0
         self.workers = SMTPWorkers(self.clock, "/etc/continuity.toml", 1, {"smtp": lambda: 7}, self,
                                    self.record, lambda *row: self.rejected.append(row) or Deferred(),
-                                   lambda *row: self.cs_sent.append(row) or Deferred(),
                                    serving=self.serving.append)
         self.workers.running = True
         self.worker = _Worker(self.workers, 1)
@@ -140,16 +138,6 @@ def test_a_worker_s_refused_recipients_are_tracked_by_the_service():
     assert service.rejected == [("", "nobody@example.com", "user unknown in emergency mode (client 192.0.2.1)")]
 
 
-def test_a_worker_s_cs_sent_copies_are_tracked_by_the_service():
-    parent = _Parent(Clock())
-    parent.makeConnection(StringTransport())
-    parent.cs_sent("0660EADDCE9E1DF97749", "<1@example.com>", "alice@example.com", "alice@example.com", 1_800_000_000.5)
-    service = ServiceSide()
-    service.worker.childDataReceived(3, parent.transport.value())
-    assert service.cs_sent == [("0660EADDCE9E1DF97749", "<1@example.com>", "alice@example.com", "alice@example.com",
-                                1_800_000_000.5)]
-
-
 def test_the_service_leaves_the_workers_only_listeners_to_its_workers_while_one_is_ready():
     """Told once when the first worker is ready, and when the last ready one ended (the service accepts again)."""
     from twisted.internet.error import ProcessTerminated
@@ -203,7 +191,7 @@ def test_a_worker_that_keeps_ending_is_started_again_ever_more_slowly():
 
     clock = SpawningClock()
     workers = SMTPWorkers(clock, "/etc/continuity.toml", 1, {"smtp": lambda: 7}, ServiceSide(),
-                          lambda *row: Deferred(), lambda *row: Deferred(), lambda *row: Deferred())
+                          lambda *row: Deferred(), lambda *row: Deferred())
     workers.startService()
     (first, args, fds) = clock.spawned[0]
     assert fds[4] == 7 and "smtp=4" in args

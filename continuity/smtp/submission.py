@@ -21,7 +21,7 @@ Users authenticate (AUTH PLAIN or LOGIN through the shared portal,
 from __future__ import annotations
 
 import email.utils
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
@@ -43,9 +43,6 @@ from continuity.spool.intake import MessageIntake
 from continuity.spool.store import new_queue_id
 
 HOUR = 3600.0
-
-#: ``track(queue_id, message_id, sender, address, now)``: the CS-SENT copy's tracking row, written or handed over.
-TrackCSSent = Callable[[str, "str | None", str, str, float], Awaitable[None] | None]
 
 
 class SendRate:
@@ -100,11 +97,9 @@ class SubmissionPolicy:
     log = Logger()
 
     def __init__(self, config: Config, io: Callable, intake: MessageIntake, authenticator: Authenticator,
-                 sent_copies: SentCopies, clock, cache: DirectoryCache, track_cs_sent: TrackCSSent,
-                 connections: ConnectionCounter | None = None, sent: Window | None = None):
+                 sent_copies: SentCopies, clock, cache: DirectoryCache, connections: ConnectionCounter | None = None,
+                 sent: Window | None = None):
         """
-        :param track_cs_sent: writes a CS-SENT copy's tracking row (:func:`record_cs_sent_tracking`'s arguments
-            after the store); an SMTP worker hands it to the service process.
         :param connections: and ``sent`` (the messages per user in the last hour): shared with the SMTP
             workers when they accept on these listeners too.
         """
@@ -115,7 +110,6 @@ class SubmissionPolicy:
         self._authenticator = authenticator
         self._sent_copies = sent_copies
         self._clock = clock
-        self._track_cs_sent = track_cs_sent
         self._connections = ConnectionLimit(config.limits.connections_per_ip, config.server.hostname, connections)
         self._rate = SendRate(clock.seconds, config.limits.messages_per_hour, sent)
 
@@ -185,8 +179,6 @@ class SubmissionPolicy:
             if cs_sent:
                 await self._io(self._sent_copies.discard, queue_id)
             raise
-        if cs_sent:
-            await self._track_cs_sent(queue_id, message_id, sender, user.address, now)
         self._rate.count(user.address)
         self.log.info("{session}: {queue_id} submitted by {user} from {ip}, {count} recipient(s), {size} bytes"
                       "{cs_sent}", session=session.session_id, queue_id=queue_id, user=user.address,

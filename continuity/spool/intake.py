@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 
 from continuity.db import SQLThread
 from continuity.envelope import HEADER_LIMIT, message_id_of
+from continuity.failover.cssent import record_cs_sent_tracking
 from continuity.spool.index import QueueEntry, QueueIndex
 from continuity.spool.store import MessageSpool, SpoolEnvelope, new_queue_id
 
@@ -112,6 +113,11 @@ class MessageIntake:
         message was new to the index (a file handed over twice, or recovered meanwhile, is not).
         """
         entries = self._index.add(envelope, size, directions)
+        if entries and envelope.extra.get("cs_sent"):
+            # Mail a user sent in an outage: its CS-SENT copy (kept before the spool file was written) is
+            # tracked with the message, whichever process accepted it, and after a crash too.
+            record_cs_sent_tracking(self._index.db, envelope.queue_id, envelope.message_id, envelope.sender,
+                                    envelope.auth_user, envelope.received)
         if not entries or not claim or self.claim is None:
             return size, None, bool(entries)
         try:

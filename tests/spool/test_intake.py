@@ -245,3 +245,23 @@ def test_recovery_goes_on_past_a_file_it_cannot_read(parts):
     assert parts.run(parts.intake.recover_spool()) == (1, 0)
     assert [e.recipient for e in parts.index.pending(good)] == ["bob@example.com"]
     assert parts.spool.exists("0000BROKEN0001")
+
+
+def test_a_cs_sent_message_is_tracked_once_by_whoever_indexes_it(parts):
+    """Mail a user sent in an outage: its CS-SENT copy's row is written with the index rows, by the service for
+    a worker's hand-over as for its own, once however often the file is indexed."""
+    from continuity import tracking
+
+    def cs_sent_rows():
+        return [row for row in tracking.query(parts.db, recipient="bob@example.com") if row["queue_id"] == queue_id]
+
+    parts.intake.hand_over = lambda queue_id: None
+    queue_id = parts.run(parts.intake.accept(
+        sender="bob@example.com", recipients=["friend@internet.example"], chunks=[b"Received: by us\r\n", MESSAGE],
+        direction="outbound", origin="submission", auth_user="bob@example.com", extra={"cs_sent": True}))
+    assert cs_sent_rows() == []  # the worker writes nothing to the store
+    parts.intake.hand_over = None
+    parts.intake.adopt(queue_id)
+    parts.intake.adopt(queue_id)
+    (row,) = cs_sent_rows()
+    assert (row["status"], row["sender"], row["message_id"]) == ("delayed", "bob@example.com", "<m1@sender.example>")
