@@ -22,6 +22,8 @@ import zlib
 from collections.abc import Callable, Hashable
 from typing import Protocol
 
+from continuity import durable
+
 #: Keys a :class:`SlidingWindow` remembers at most; the least recently counted go first.
 MAX_TRACKED = 100_000
 
@@ -46,20 +48,29 @@ class ConnectionCounter:
             del self._open[key]
 
 
-def _shared_tables(directory: str, name: str, process: int, processes: int, size: int) -> list[mmap.mmap]:
-    """One memory-mapped file of ``size`` bytes per process, ``directory/name-N``. Process 0 (the service, started
-    first) clears every table; any other clears its own when it starts, so what a process that ended counted goes."""
+def _shared_tables(directory: str, name: str, process: int, processes: int, size: int,
+                   clear_own: bool) -> list[mmap.mmap]:
+    """One memory-mapped file of ``size`` bytes per process, ``directory/name-N``.
+
+    Process 0 (the service) clears every table: it starts before any worker. A worker started again clears
+    its own only if ``clear_own`` (what it counted then ended with it: open connections), and through the
+    mapping: a file shrunk under the service's mapping would kill the service (SIGBUS) at its next read.
+    """
     os.makedirs(directory, mode=0o700, exist_ok=True)
     tables = []
     for number in range(processes):
         fd = os.open(os.path.join(directory, f"{name}-{number}"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            if process == 0 or number == process:
+            if process == 0:
                 os.ftruncate(fd, 0)
-            os.ftruncate(fd, size)
-            tables.append(mmap.mmap(fd, size))
+            if os.fstat(fd).st_size != size:
+                os.ftruncate(fd, size)
+            table = mmap.mmap(fd, size)
         finally:
             os.close(fd)
+        if process != 0 and number == process and clear_own:
+            table[:] = bytes(size)
+        tables.append(table)
     return tables
 
 
@@ -72,7 +83,7 @@ class SharedConnectionCounter(ConnectionCounter):
     the other processes' counts for that slot. Two keys on one slot share a
     count (rare with 65,536 slots), so they are refused sooner, never later.
     Tables are cleared as :func:`_shared_tables` says, so connections of a
-    process that ended count no more.
+    worker that ended count no more.
     """
 
     SLOTS = 65536
@@ -80,7 +91,8 @@ class SharedConnectionCounter(ConnectionCounter):
     def __init__(self, limit: int, directory: str, name: str, process: int, processes: int):
         super().__init__(limit)
         self._tables = [memoryview(table).cast("H") for table in
-                        _shared_tables(directory, f"{name}-connections", process, processes, self.SLOTS * 2)]
+                        _shared_tables(directory, f"{name}-connections", process, processes, self.SLOTS * 2,
+                                       clear_own=True)]
         self._own = self._tables[process]
 
     def _slot(self, key: Hashable) -> int:
@@ -148,11 +160,22 @@ class SlidingWindow:
 
 
 @functools.lru_cache(maxsize=4096)
-def _key_hash(key: str, slots: int) -> tuple[int, int]:
-    """A key's 64-bit hash (never 0, which marks a free slot) and its home slot; the same in every process."""
-    digest = int.from_bytes(hashlib.blake2b(key.encode("utf-8", "replace"), digest_size=8).digest(), "little",
-                            signed=True)
+def _key_hash(secret: bytes, key: str, slots: int) -> tuple[int, int]:
+    """A key's 64-bit hash (never 0, which marks a free slot) and its home slot; the same in every process.
+
+    Keyed with a secret of this run: nobody can pick keys that land beside another's to push it out.
+    """
+    digest = int.from_bytes(hashlib.blake2b(key.encode("utf-8", "replace"), digest_size=8, key=secret).digest(),
+                            "little", signed=True)
     return digest or 1, digest % slots
+
+
+def _window_secret(path: str, new: bool) -> bytes:
+    """The hash key the processes share: made anew by the service (``new``), read by its workers."""
+    if new:
+        durable.write_file(path, [os.urandom(16)], sync_dir=False)
+    with open(path, "rb") as handle:
+        return handle.read()
 
 
 class SharedWindow:
@@ -181,12 +204,15 @@ class SharedWindow:
                  processes: int):
         self._clock = clock
         self._width = window / self.BUCKETS
+        # Counts outlive a worker started again (they age out): failures and sends must not be forgotten.
         self._tables = [memoryview(table).cast("q") for table in
-                        _shared_tables(directory, name, process, processes, self.SLOTS * self._ENTRY * 8)]
+                        _shared_tables(directory, name, process, processes, self.SLOTS * self._ENTRY * 8,
+                                       clear_own=False)]
         self._own = self._tables[process]
+        self._secret = _window_secret(os.path.join(directory, f"{name}.key"), process == 0)
 
     def _hash(self, key: str) -> tuple[int, int]:
-        return _key_hash(key, self.SLOTS)
+        return _key_hash(self._secret, key, self.SLOTS)
 
     def _find(self, table, tag: int, home: int) -> int | None:
         for probe in range(self.PROBES):

@@ -57,14 +57,25 @@ def test_a_clear_in_one_process_forgets_the_others_counts(tmp_path):
     assert worker.count("nobody@example.com") == 0
 
 
-def test_a_worker_started_again_forgets_its_own_counts_only(tmp_path):
+def test_a_worker_started_again_keeps_what_it_counted(tmp_path):
+    """A crashed worker must not wipe the failed logins or the sends counted in it: they age out."""
     clock = Clock()
     service, worker, _ = windows(tmp_path, clock)
     service.add("key")
     worker.add("key")
     again = SharedWindow(clock, 600.0, str(tmp_path), "failures", 1, 3)
-    assert again.count("key") == 1
-    assert service.count("key") == 1
+    assert again.add("key") == 3
+    assert service.count("key") == 3
+
+
+def test_the_service_starts_every_table_afresh_with_a_new_hash_key(tmp_path):
+    clock = Clock()
+    service, worker, _ = windows(tmp_path, clock)
+    worker.add("key")
+    key = (tmp_path / "failures.key").read_bytes()
+    service, worker, _ = windows(tmp_path, clock)
+    assert service.count("key") == 0 and (tmp_path / "failures.key").read_bytes() != key
+    assert len(key) == 16 and (tmp_path / "failures.key").stat().st_mode & 0o777 == 0o600
 
 
 def test_a_flood_of_keys_takes_bounded_space_and_keeps_counting(tmp_path):
