@@ -76,7 +76,7 @@ def _text(value: bytes | str) -> str:
 
 
 def verifications_at_once() -> int:
-    """Password verifications a process runs side by side: one core fewer than the machine has, at least one.
+    """Password verifications one process runs side by side: a core fewer than the machine has, at least one.
 
     Each is ~0.1 s of one core and 64 MiB (Argon2id). A login storm (every phone reconnecting after a
     failover) then leaves a core to the mail flow, and sessions start as each login is done, as with
@@ -87,18 +87,16 @@ def verifications_at_once() -> int:
 
 @implementer(ICredentialsChecker)
 class DirectoryChecker:
-    """Checks ``IUsernamePassword`` against :meth:`Directory.authenticate` on a worker thread, at most
-    ``at_once`` at a time (:func:`verifications_at_once`), the others waiting in turn.
+    """Checks ``IUsernamePassword`` against :meth:`Directory.authenticate` on a worker thread.
 
     The avatar id is the user's canonical address (a ``str``).
     """
 
     credentialInterfaces = (cred_credentials.IUsernamePassword,)
 
-    def __init__(self, directory: Directory, run_blocking: RunBlocking, at_once: int | None = None):
+    def __init__(self, directory: Directory, run_blocking: RunBlocking):
         self._directory = directory
         self._run = run_blocking
-        self._verifying = defer.DeferredSemaphore(at_once or verifications_at_once())
 
     def requestAvatarId(self, credentials) -> defer.Deferred:
         return defer.Deferred.fromCoroutine(self._check(credentials))
@@ -109,7 +107,7 @@ class DirectoryChecker:
             password = _text(credentials.password)
         except UnicodeDecodeError:
             raise UnauthorizedLogin() from None
-        user = await self._verifying.run(self._run, self._directory.authenticate, username, password)
+        user = await self._run(self._directory.authenticate, username, password)
         if user is None:
             raise UnauthorizedLogin()
         return user.address
@@ -204,13 +202,18 @@ class Authenticator:
 
     log = Logger()
 
-    def __init__(self, checker: DirectoryChecker, realm: MailRealm, throttle: LoginThrottle, clock: IReactorTime):
+    def __init__(self, checker: DirectoryChecker, realm: MailRealm, throttle: LoginThrottle, clock: IReactorTime,
+                 at_once: int | None = None):
+        """:param at_once: password verifications at a time (default :func:`verifications_at_once`); the other
+        logins wait their turn, and the throttle is asked at the turn, so those queued behind the failures
+        that trip it are refused too."""
         self.realm = realm
         self.throttle = throttle
         #: For Twisted code paths that want a portal; :meth:`login` is the throttled way in.
         self.portal = Portal(realm, [checker])
         self._checker = checker
         self._clock = clock
+        self._turns = defer.DeferredSemaphore(at_once or verifications_at_once())
 
     def login(self, username: str, password: str, peer_ip: str, interface: type[Interface],
               service: str) -> defer.Deferred:
@@ -222,20 +225,28 @@ class Authenticator:
 
     async def _login(self, username: str, password: str, peer_ip: str, interface, service: str) -> Login:
         account = _account_key(username)
-        if self.throttle.refused(peer_ip, account):
-            self.log.warn("{service} login for {account!r} from {ip} refused: too many failed logins",
-                          service=service, account=account, ip=peer_ip)
-            raise LoginThrottled()
         creds = cred_credentials.UsernamePassword(username.encode("utf-8"), password.encode("utf-8"))
+        await self._turns.acquire()
         try:
-            address = await self._checker.requestAvatarId(creds)
-        except UnauthorizedLogin:
-            delay = self.throttle.failed(peer_ip, account)
+            if self.throttle.refused(peer_ip, account):
+                self.log.warn("{service} login for {account!r} from {ip} refused: too many failed logins",
+                              service=service, account=account, ip=peer_ip)
+                raise LoginThrottled()
+            try:
+                address = await self._checker.requestAvatarId(creds)
+            except UnauthorizedLogin:
+                # Counted before the next turn starts, which asks the throttle.
+                delay = self.throttle.failed(peer_ip, account)
+            else:
+                delay = None
+                self.throttle.succeeded(peer_ip, account)
+        finally:
+            self._turns.release()
+        if delay is not None:
             self.log.info("{service} login failed for {account!r} from {ip}", service=service, account=account,
                           ip=peer_ip)
             await task.deferLater(self._clock, delay)
-            raise LoginFailed() from None
-        self.throttle.succeeded(peer_ip, account)
+            raise LoginFailed()
         try:
             _, avatar, logout = await self.realm.requestAvatar(address, None, interface)
         except UnauthorizedLogin:

@@ -194,10 +194,9 @@ def test_user_removed_between_check_and_avatar_fails_the_login(directory, clock)
     assert failure.type is LoginFailed
 
 
-def test_passwords_are_verified_at_most_so_many_at_once(directory):
+def test_passwords_are_verified_at_most_so_many_at_once(directory, clock):
     """A login storm: each verification waits for a free turn, in the order the logins came."""
-    from continuity.directory.cred import DirectoryChecker
-    from twisted.cred.credentials import UsernamePassword
+    from continuity.directory.cred import Authenticator, DirectoryChecker, MailRealm
 
     started: list[defer.Deferred] = []
 
@@ -207,13 +206,31 @@ def test_passwords_are_verified_at_most_so_many_at_once(directory):
         started.append(d)
         return d
 
-    checker = DirectoryChecker(directory, run_later, at_once=2)
-    results = [outcome(checker.requestAvatarId(UsernamePassword(b"alice@example.com", password.encode())),
-                       task.Clock()) for password in (GOOD, "wrong", GOOD)]
+    auth = Authenticator(DirectoryChecker(directory, run_later), MailRealm(directory, run_now),
+                         LoginThrottle(clock.seconds, max_failures=3), clock, at_once=2)
+    results = [outcome(auth.login("alice@example.com", password, "192.0.2.1", IMailUser, "imap"), clock)
+               for password in (GOOD, "wrong", GOOD)]
     assert len(started) == 2  # the third waits
     started[1].callback(None)
-    assert len(started) == 3 and results[1] and not results[2]
+    assert len(started) == 3
     started[0].callback(None)
     started[2].callback(None)
-    assert results[0] == ["alice@example.com"] and results[2] == ["alice@example.com"]
-    assert results[1][0].check(UnauthorizedLogin)
+    clock.advance(MAX_DELAY)
+    assert [r[0].address for r in (results[0], results[2])] == ["alice@example.com"] * 2
+    assert results[1][0].check(LoginFailed)
+
+
+def test_logins_waiting_their_turn_are_refused_once_the_throttle_trips(directory, clock):
+    """Guesses sent side by side do not all get verified: the throttle is asked when each one's turn comes."""
+    from continuity.directory.cred import Authenticator, DirectoryChecker, MailRealm
+
+    auth = Authenticator(DirectoryChecker(directory, run_now), MailRealm(directory, run_now),
+                         LoginThrottle(clock.seconds, max_failures=1), clock, at_once=1)
+    gate = defer.Deferred()
+    auth._turns.run(lambda: gate)  # a verification under way holds the one turn
+    results = [outcome(auth.login("alice@example.com", password, "192.0.2.1", IMailUser, "imap"), clock)
+               for password in ("wrong", "guess", GOOD)]
+    gate.callback(None)
+    clock.advance(MAX_DELAY)
+    assert results[0][0].check(LoginFailed) and not results[0][0].check(LoginThrottled)
+    assert results[1][0].check(LoginThrottled) and results[2][0].check(LoginThrottled)
