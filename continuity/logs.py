@@ -158,5 +158,5 @@ class WorkerLog:
             fd = self._open()
         except OSError:
             return
-        os.close(self._fd)
-        self._fd = fd
+        old, self._fd = self._fd, fd  # a line logged in between (a signal's) goes to the new file
+        os.close(old)
