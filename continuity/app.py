@@ -23,7 +23,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from continuity import durable, tls
 from continuity.config import IMPLICIT_TLS, LISTENERS, Config
-from continuity.counters import Window, sliding_window
+from continuity.counters import ConnectionCounter, SharedConnectionCounter, Window, sliding_window
 from continuity.db import Database, SchemaTooNew, SQLThread
 from continuity.directory.cache import DirectoryCache
 from continuity.directory.cred import build_authenticator
@@ -78,6 +78,15 @@ class Components:
     def changed(self) -> None:
         for hook in self.directory_changed:
             hook()
+
+    def connections(self, listener: str) -> ConnectionCounter | None:
+        """The count of ``connections_per_ip`` of a listener the SMTP workers accept on too, one for every
+        process (None: the policy counts alone)."""
+        config = self.config
+        if not config.server.smtp_workers:
+            return None
+        return SharedConnectionCounter(config.limits.connections_per_ip, config.run_root, listener, self.process,
+                                       1 + config.server.smtp_workers)
 
     def window(self, name: str, seconds: float) -> Window:
         """The sliding window ``name`` of this process, one for all its listeners, and counted with the SMTP
@@ -173,28 +182,18 @@ class Listener(Service):
             else:
                 self._port.stopReading()
 
-    @property
-    def port(self) -> IListeningPort | None:
-        return self._port
-
     def fileno(self) -> int:
         """The listening socket's descriptor (the SMTP workers are given it)."""
         return self._port.fileno()
 
 
 def _smtp_factory(components: "Components", name: str) -> IProtocolFactory:
-    from continuity.counters import SharedConnectionCounter
     from continuity.smtp.inbound import InboundPolicy
     from continuity.smtp.server import SMTPServerFactory
 
     config = components.config
-    connections = None
-    if config.server.smtp_workers:
-        # The service (process 0) and its workers accept on one socket: one count per client IP for all.
-        connections = SharedConnectionCounter(config.limits.connections_per_ip, config.run_root, name,
-                                              components.process, 1 + config.server.smtp_workers)
     policy = InboundPolicy(config, components.sql, components.directory_cache, components.index, components.intake,
-                           components.reactor, components.direct, connections)
+                           components.reactor, components.direct, components.connections(name))
     if components.parent is not None:
         policy.hand_over = components.parent.rejected
     return SMTPServerFactory(policy, config.server.hostname, config.limits, tls_context=components.tls_context,
@@ -203,17 +202,13 @@ def _smtp_factory(components: "Components", name: str) -> IProtocolFactory:
 
 
 def _submission_factory(components: "Components", name: str) -> IProtocolFactory:
-    from continuity.counters import SharedConnectionCounter
     from continuity.smtp.server import SMTPServerFactory
     from continuity.smtp.submission import HOUR, SubmissionPolicy
 
     config = components.config
-    connections = None
-    if config.server.smtp_workers:
-        connections = SharedConnectionCounter(config.limits.connections_per_ip, config.run_root, name,
-                                              components.process, 1 + config.server.smtp_workers)
     policy = SubmissionPolicy(config, components.io.run, components.intake, components.authenticator,
-                              components.sent_copies, components.reactor, components.directory_cache, connections, components.window("sent-per-hour", HOUR))
+                              components.sent_copies, components.reactor, components.directory_cache,
+                              components.connections(name), components.window("sent-per-hour", HOUR))
     return SMTPServerFactory(policy, config.server.hostname, config.limits, tls_context=components.tls_context,
                              auth_enabled=True, require_tls_for_auth=config.tls.require_tls_for_auth,
                              clock=components.reactor)

@@ -29,7 +29,9 @@ The parent and a worker talk in lines over pipes:
   mode (the parent writes its tracking rows,
   :meth:`~continuity.delivery.direct.DirectDelivery.record`); ``rejected
   JSON`` for each recipient it refused (the parent tracks it); ``ready``
-  once it accepts. A worker writes nothing to the store (the parent tracks
+  once it accepts, and every second after (the parent takes the
+  connections of the listeners only workers serve when no worker has
+  spoken for 3 s). A worker writes nothing to the store (the parent tracks
   a CS-SENT copy when it indexes the message).
 - parent -> worker stdin: ``clear`` when a mode switch of ours landed (the
   worker's directory cache must not answer with the old mode); EOF when the
@@ -60,7 +62,8 @@ import sys
 from collections.abc import Callable
 
 from twisted.application.service import Service
-from twisted.internet import error, protocol
+from twisted.internet import error, protocol, task
+from twisted.internet.base import DelayedCall
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger, eventAsText, globalLogBeginner
 from twisted.python.failure import Failure
@@ -69,6 +72,8 @@ from continuity.logs import STDOUT, WorkerLog
 
 log = Logger()
 
+#: Seconds between a worker's ``ready`` lines.
+HEARTBEAT = 1.0
 REPORTS_FD = 3
 FIRST_LISTEN_FD = 4
 #: The longest line either side reads from the other (longer ones are dropped).
@@ -142,6 +147,8 @@ class SMTPWorkers(Service):
     max_restart_delay = 60.0
     #: Seconds before a handed-over message whose indexing failed is tried again.
     adopt_retry = 30.0
+    #: Seconds without a word from any ready worker before the service accepts where only workers did.
+    silence = 3 * HEARTBEAT
 
     def __init__(self, reactor, config_path: str, count: int, listening: dict[str, Callable[[], int]],
                  intake, record: Callable[..., Deferred], reject: Callable[[str, str, str], Deferred],
@@ -170,6 +177,8 @@ class SMTPWorkers(Service):
         self._serving = serving
         self._workers: dict[int, _Worker] = {}
         self._ready: set[_Worker] = set()
+        #: Fires when no ready worker has spoken for :attr:`silence` seconds; None while none is ready.
+        self._silence: DelayedCall | None = None
         self._started: dict[int, float] = {}
         self._quick_ends: dict[int, int] = {}
 
@@ -223,13 +232,33 @@ class SMTPWorkers(Service):
         self._track("a rejection", payload, number, self._reject)
 
     def ready(self, worker: _Worker) -> None:
-        """``worker`` accepts on the shared sockets."""
-        if self.running and self._workers.get(worker.number) is worker and worker not in self._ready:
+        """``worker`` accepts on the shared sockets (said at its start, then every :data:`HEARTBEAT` seconds)."""
+        if not self.running or self._workers.get(worker.number) is not worker:
+            return
+        if worker not in self._ready:
             log.info("smtp worker {number} accepting on {listeners}", number=worker.number,
                      listeners=", ".join(sorted(self._listening)))
             self._ready.add(worker)
-            if len(self._ready) == 1:
-                self._serving(True)
+        if self._silence is not None and self._silence.active():
+            self._silence.reset(self.silence)
+            return
+        if self._silence is not None:  # every worker was silent, and this one speaks again
+            log.info("smtp worker {number} answers again", number=worker.number)
+        self._silence = self._reactor.callLater(self.silence, self._silent)
+        self._serving(True)
+
+    def _silent(self) -> None:
+        """No worker said it accepts for :attr:`silence` seconds (stopped, or its reactor stuck): the service
+        takes the connections the workers alone served, until one speaks again."""
+        log.warn("no smtp worker answered for {silence:g} s: the service accepts on {listeners} itself",
+                 silence=self.silence, listeners=", ".join(sorted(self._listening)))
+        self._serving(False)
+
+    def _none_serving(self) -> None:
+        if self._silence is not None and self._silence.active():
+            self._silence.cancel()
+            self._serving(False)
+        self._silence = None
 
     def _track(self, what: str, payload: str, number: int, record: Callable[..., Deferred]) -> None:
         """Write the tracking rows a worker reported (a JSON array of ``record``'s arguments)."""
@@ -246,7 +275,7 @@ class SMTPWorkers(Service):
         if worker in self._ready:
             self._ready.discard(worker)
             if not self._ready and self.running:
-                self._serving(False)
+                self._none_serving()
         if self.running:
             # Its last hand-overs may be lost (a kill before its pipe was written): look for them (indexed,
             # the next queue pass delivers them).
@@ -274,6 +303,8 @@ class SMTPWorkers(Service):
 
     def stopService(self):
         super().stopService()
+        if self._silence is not None and self._silence.active():
+            self._silence.cancel()  # the listeners close next
         workers = list(self._workers.values())
         self._workers.clear()
         for worker in workers:
@@ -297,8 +328,8 @@ class SMTPWorkers(Service):
 
 
 class _Parent(protocol.Protocol):
-    """The worker's end of the pipes: reports out on fd 3 (``spooled``, ``delivered``, ``rejected``), lines in
-    on stdin."""
+    """The worker's end of the pipes: reports out on fd 3 (``spooled``, ``delivered``, ``rejected``,
+    ``ready``), lines in on stdin."""
 
     def __init__(self, reactor):
         self._reactor = reactor
@@ -322,7 +353,8 @@ class _Parent(protocol.Protocol):
         self.transport.write(f"rejected {line}\n".encode("utf-8"))
 
     def ready(self) -> None:
-        """This worker accepts on the sockets it was given."""
+        """This worker accepts on the sockets it was given (and its reactor turns: sent every
+        :data:`HEARTBEAT` seconds)."""
         self.transport.write(b"ready\n")
 
     def dataReceived(self, data: bytes) -> None:
@@ -385,7 +417,7 @@ def main(argv: list[str] | None = None) -> None:
     stdio.StandardIO(parent, stdin=0, stdout=REPORTS_FD, reactor=reactor)
     def start() -> None:
         root.startService()
-        parent.ready()
+        task.LoopingCall(parent.ready).start(HEARTBEAT, now=True)
 
     reactor.callWhenRunning(start)
     reactor.addSystemEventTrigger("before", "shutdown", root.stopService)

@@ -151,10 +151,24 @@ def test_the_service_leaves_the_workers_only_listeners_to_its_workers_while_one_
     assert service.serving == [True]
     service.worker.processEnded(Failure(ProcessTerminated(None, signal=9)))
     assert service.serving == [True, False]
+    assert [call.func for call in service.clock.getDelayedCalls()] == [service.workers._spawn]  # no silence check
     stale = _Worker(service.workers, 1)  # no longer the worker of that number: its word counts for nothing
     stale.transport = StringTransport()
     stale.childDataReceived(3, b"ready\n")
     assert service.serving == [True, False]
+
+
+def test_a_worker_that_stops_answering_gives_the_listeners_back_to_the_service():
+    """A stopped worker (SIGSTOP, a stuck reactor) is not an ended one: silence for 3 s is enough."""
+    service = ServiceSide()
+    for _ in range(5):  # a heartbeat a second
+        service.worker.childDataReceived(3, b"ready\n")
+        service.clock.advance(1)
+    assert service.serving == [True]
+    service.clock.advance(SMTPWorkers.silence)
+    assert service.serving == [True, False]
+    service.worker.childDataReceived(3, b"ready\n")
+    assert service.serving == [True, False, True]
 
 
 def test_a_garbled_delivery_report_is_logged_not_raised():

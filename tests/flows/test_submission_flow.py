@@ -322,6 +322,26 @@ def test_the_smtp_worker_takes_submission_and_the_service_delivers(frozen_servic
     assert "smtp worker 1: " in msa.service.log() and "submitted by erin@example.com" in msa.service.log()
 
 
+def test_a_stopped_worker_gives_submission_back_to_the_service(frozen_service_msa, internet):
+    """A worker that stops answering (SIGSTOP here; a stuck reactor) is not waited for: after 3 s of silence
+    the service accepts on submission itself, and leaves it to the worker again once it answers."""
+    from test_smtp_workers import workers_of
+
+    msa = frozen_service_msa
+    (worker,) = workers_of(msa.service.process.pid)
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        wait_until(lambda: "no smtp worker answered for 3 s" in msa.service.log(), timeout=10,
+                   what="the service to notice")
+        msa.submit("erin@example.com", ["w3@internet.example"], message("erin@example.com", "w3@internet.example",
+                                                                         "while the worker is stopped"))
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    wait_until(lambda: "smtp worker 1 answers again" in msa.service.log(), timeout=10, what="the worker's word")
+    wait_until(lambda: [m for m in internet.messages(0) if b"while the worker is stopped" in m.content],
+               what="the message at the smarthost")
+
+
 def test_failed_logins_count_across_the_service_and_its_worker(frozen_service_msa):
     """auth_failures (3) per IP: one on IMAP (the service), two on submission (the worker: smtplib tries PLAIN,
     then LOGIN) throttle logins in both."""
