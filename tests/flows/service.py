@@ -24,6 +24,18 @@ def wait_for_port(port: int, timeout: float = 20.0, host: str = "127.0.0.1") -> 
     raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
 
 
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether nothing listens on ``port``. Suspected, not confirmed: a killed service's socket may outlive its
+    processes for a moment and take a connection, then reset it, so a restart waits until the bind succeeds."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def wait_until(predicate, timeout: float = 15.0, what: str = "condition"):
     """Poll ``predicate`` every 0.1 s until it returns something true; return that."""
     deadline = time.monotonic() + timeout
@@ -51,6 +63,9 @@ class Service:
         self.process: subprocess.Popen | None = None
 
     def start(self, wait_ports: tuple[int, ...] = ()) -> "Service":
+        # A restart after a kill: the last run's sockets must be gone, or the wait below would find them.
+        wait_until(lambda: all(port_free(port) for port in wait_ports), timeout=10,
+                   what=f"ports {wait_ports} to be free")
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [str(BIN / "twistd"), "--nodaemon", "--pidfile=", f"--logfile={self.log_path}", "continuity",
