@@ -109,3 +109,41 @@ def test_a_line_logged_while_a_worker_writes_one_does_not_hang_it(tmp_path):
     log(event("disconnect from 127.0.0.1"))
     assert [line.rsplit(": ", 1)[1] for line in path.read_text().splitlines()] == [
         "Received SIGTERM, shutting down.", "disconnect from 127.0.0.1"]
+
+
+class _Shown:
+    attr = 5
+
+    def __repr__(self) -> str:
+        return "<shown>"
+
+
+@pytest.mark.parametrize("event", [
+    dict(log_format="{session} from=<{sender}> nrcpt={count}: {reply}", session="ee", sender="s@x.test", count=1,
+         reply="250 2.0.0 Ok", log_time=1_800_000_000.0, log_namespace="continuity.smtp", log_level=LogLevel.info),
+    dict(log_format="{x!r} {x.attr} {d[k]} {f:.2f} {{braces}}\nsecond line", x=_Shown(), d={"k": 3}, f=1.234,
+         log_time=1_800_000_000.0, log_system="smtp worker 1"),
+    dict(log_format="called: {x()}", x=lambda: 7, log_time=None, log_level=LogLevel.warn),
+    dict(log_format="missing {nope}", log_time=1_800_000_000.0),
+    dict(log_format="positional {0}", log_time=1_800_000_000.0),
+    dict(log_format="wrong spec {x:d}", x="text", log_time=1_800_000_000.0),
+    dict(log_format=b"bytes {x}", x=1, log_time=1_800_000_000.0),
+    dict(log_format="", log_time=1_800_000_000.0),
+    dict(log_time=1_800_000_000.0),
+    dict(log_format="failed: {x}", x=1, log_failure=None, log_time=1_800_000_000.0),
+], ids=["plain", "attributes and lines", "call", "missing key", "positional", "bad spec", "bytes", "empty",
+        "no format", "failure"])
+def test_the_fast_line_is_twisteds_line(event):
+    """classic_text takes str.format_map for plain fields and Twisted's formatter for the rest: the same text."""
+    from twisted.logger import formatEventAsClassicLogText
+    from twisted.python.failure import Failure
+
+    from continuity.logs import SecondStamps, classic_text
+
+    if "log_failure" in event:
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            event["log_failure"] = Failure()
+    stamps = SecondStamps()
+    assert classic_text(event, stamps) == formatEventAsClassicLogText(event, formatTime=stamps)
