@@ -26,7 +26,7 @@ from continuity.config import IMPLICIT_TLS, LISTENERS, Config
 from continuity.counters import ConnectionCounter, SharedConnectionCounter, Window, sliding_window
 from continuity.db import Database, SchemaTooNew, SQLThread
 from continuity.directory.cache import DirectoryCache
-from continuity.directory.cred import build_authenticator
+from continuity.directory.cred import build_authenticator, verifications_at_once
 from continuity.directory.store import Directory
 from continuity.failover.cssent import SentCopies
 from continuity.logs import observer as log_observer
@@ -358,9 +358,11 @@ def _components(config: Config, reactor, root: MultiService, process: int = 0) -
         tls_context=tls.context_factory(cert_path, key_path),
         process=process,
     )
-    io = WorkerThreads(reactor, "io", size=8)
+    io = WorkerThreads(reactor, "io")
     io.setServiceParent(root)
     components.io = io
+    hashing = WorkerThreads(reactor, "auth", size=verifications_at_once())
+    hashing.setServiceParent(root)
     # An SMTP worker writes nothing to the store: its lookups are plain reads on the I/O pool, not jobs of
     # its SQL thread, which take the store's writer lock as a write would and wait for the service's commits.
     components.directory_cache = DirectoryCache(reactor, io if process else sql, components.directory)
@@ -368,7 +370,7 @@ def _components(config: Config, reactor, root: MultiService, process: int = 0) -
     components.mailstore = MaildirStore(config.mail_root, hostname=config.server.hostname)
     components.sent_copies = SentCopies(config.cs_sent_root)
     components.authenticator, components.realm = build_authenticator(
-        components.directory, io.run, reactor, config.limits.auth_failures, components.window)
+        components.directory, io.run, reactor, config.limits.auth_failures, components.window, verify=hashing.run)
     from continuity.delivery.direct import DirectDelivery
 
     components.direct = DirectDelivery(reactor, sql, io.run, components.directory, components.mailstore)

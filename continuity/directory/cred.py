@@ -257,9 +257,10 @@ class Authenticator:
 
 def build_authenticator(directory: Directory, run_blocking: RunBlocking, clock: IReactorTime,
                         max_failures: int, window: Callable[[str, float], Window] | None = None,
-                        ) -> tuple[Authenticator, MailRealm]:
+                        verify: RunBlocking | None = None) -> tuple[Authenticator, MailRealm]:
     """The service's authenticator and its realm (protocols register their avatars on the realm); ``window``
-    as :class:`LoginThrottle` takes it."""
+    as :class:`LoginThrottle` takes it. Passwords are checked on ``verify`` (default ``run_blocking``):
+    the process's pool for hashing, apart from the one for files."""
     realm = MailRealm(directory, run_blocking)
     throttle = LoginThrottle(getattr(clock, "seconds", time.time), max_failures, window)
-    return Authenticator(DirectoryChecker(directory, run_blocking), realm, throttle, clock), realm
+    return Authenticator(DirectoryChecker(directory, verify or run_blocking), realm, throttle, clock), realm
