@@ -333,9 +333,6 @@ class MailFolder:
     def _write_temp(self, chunks: Iterable[bytes], internal_date: int | None) -> tuple[str, str, int]:
         """Write and fsync the message in ``tmp/``; return its path, base name (with ``,S=``) and size."""
         tmp_dir = os.path.join(self.path, "tmp")
-        if not os.path.isdir(os.path.join(self.path, "cur")):
-            raise MailboxNotFound(f"no such mailbox: {self.name}")
-        make_dirs(tmp_dir)
         while True:
             base = self.names.next_base()
             tmp_path = os.path.join(tmp_dir, base)
@@ -344,6 +341,11 @@ class MailFolder:
                 break
             except FileExistsError:
                 continue
+            except FileNotFoundError:
+                # Looked at only now, not before each delivery: a folder that is gone, or its tmp/ alone.
+                if not os.path.isdir(os.path.join(self.path, "cur")):
+                    raise MailboxNotFound(f"no such mailbox: {self.name}") from None
+                make_dirs(tmp_dir)
         try:
             try:
                 size = write_chunks(fd, chunks)

@@ -246,3 +246,37 @@ def test_address_validation_is_upstream(mail_root) -> None:
     user = parse_address("jörg@example.com")
     ref = store.deliver(user, MESSAGE)
     assert ref.path.startswith(os.path.join(os.path.abspath(mail_root), "example.com", "jörg", "new"))
+
+
+@pytest.mark.parametrize("iov_max", [1024, 2])
+def test_chunks_are_written_whole_when_writev_writes_part(tmp_path, monkeypatch, iov_max) -> None:
+    """write_chunks hands all chunks to one writev, and goes on from where a short write stopped."""
+    from continuity import durable
+
+    calls = []
+
+    def short_writev(fd, buffers):
+        calls.append(len(buffers))
+        return os.write(fd, b"".join(bytes(buffer) for buffer in buffers)[:7])
+
+    monkeypatch.setattr(durable.os, "writev", short_writev)
+    monkeypatch.setattr(durable, "_IOV_MAX", iov_max)
+    chunks = [b"Return-Path: <a@example.org>\r\n", b"", b"Subject: x\r\n\r\n", b"body" * 5]
+    path = tmp_path / "message"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        assert durable.write_chunks(fd, chunks) == len(b"".join(chunks))
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"".join(chunks)
+    assert max(calls) == min(3, iov_max)  # the empty chunk is no buffer
+
+
+def test_a_missing_tmp_directory_is_made_again(store, alice) -> None:
+    """tmp/ is looked for only when a write there fails: one removed by hand is made again, and the message lands."""
+    store.ensure_mailbox(alice)
+    root = store.user_root(alice)
+    os.rmdir(os.path.join(root, "tmp"))
+    ref = store.deliver(alice, MESSAGE)
+    assert os.path.isdir(os.path.join(root, "tmp"))
+    assert os.listdir(os.path.join(root, "new")) == [os.path.basename(ref.path)]
