@@ -2,7 +2,8 @@
 
 :func:`new_session_id` ties one connection's log lines together (SMTP, IMAP, POP3).
 
-:func:`write_now` writes small replies at once on a plain TCP connection, skipping Twisted's write-on-the-next-turn.
+:func:`write_now` writes small replies at once, on a plain TCP connection and encrypted on a TLS one, skipping
+Twisted's write-on-the-next-turn.
 
 :class:`WriteGate` is the producer a server registers while it writes a long answer from memory (IMAP
 FETCH batches, POP3 read-ahead), for back-pressure.
@@ -15,8 +16,11 @@ answered from memory one; that overhead was a fifth of their CPU.
 :func:`write_now` hands the octets to the connection's own ``writeSomeData``
 when nothing is waiting before them; what the socket does not take, or any
 error, goes through ``write`` as usual, so ordering, back-pressure and
-connection loss work as ever. TLS connections and other transports always
-take ``write``.
+connection loss work as ever. On a TLS connection Twisted keeps each write
+for the next turn, encrypts it then and sends the records a turn later:
+:func:`write_now` encrypts at once and sends the records the same way, when
+the TLS layer and the connection hold nothing unsent. Other transports
+always take ``write``.
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from twisted.internet import defer, tcp
+from OpenSSL import SSL
+from twisted.internet import abstract, defer, tcp
 from twisted.internet.interfaces import IPushProducer
+from twisted.protocols import tls
 from zope.interface import implementer
 
 
@@ -34,16 +40,81 @@ def new_session_id() -> str:
     return f"{random.getrandbits(40):010x}"
 
 
+def _send_now(connection: tcp.Connection, data: bytes) -> bool:
+    """Send ``data`` on ``connection`` now if nothing is waiting before it; the rest goes to its buffer.
+
+    Returns False, having sent nothing, when the connection cannot take it now (the caller writes as usual).
+    """
+    if not (connection.connected and not connection.disconnecting
+            and getattr(connection, "_tempDataLen", None) == 0 and connection.offset == len(connection.dataBuffer)):
+        return False
+    sent = connection.writeSomeData(data)
+    if isinstance(sent, int):
+        if sent == len(data):
+            return True
+        data = data[sent:]
+    abstract.FileDescriptor.write(connection, data)  # under the TLS layer of a STARTTLS connection too
+    return True
+
+
+def _tls_layers(transport: Any) -> tuple[Any, tcp.Connection] | None:
+    """The TLS layer and the TCP connection under ``transport``: a STARTTLS connection (the TCP connection,
+    its protocol the TLS layer) or an implicit-TLS one (the TLS layer, its transport the TCP connection)."""
+    if isinstance(transport, tcp.Connection):
+        layer = transport.protocol if getattr(transport, "TLS", False) else None
+        connection = transport
+    else:
+        layer, connection = transport, getattr(transport, "transport", None)
+    if isinstance(layer, tls.TLSMemoryBIOProtocol) and isinstance(connection, tcp.Connection):
+        return layer, connection
+    return None
+
+
+def _encrypt_now(transport: Any, data: bytes) -> bool:
+    """Encrypt ``data`` and send the records now, when the TLS layer holds nothing unsent before it.
+
+    Twisted's TLS transport keeps small writes until the next turn of the reactor, encrypts them then, and
+    the TCP connection sends the records a turn later again: two turns, a timer and two ``epoll_ctl`` per
+    reply, as the plain connection had before :func:`write_now`. False (nothing done) when this is not a
+    TLS connection as Twisted makes them, its handshake is not done, or anything waits.
+    """
+    layers = _tls_layers(transport)
+    if layers is None or len(data) > 16384:
+        return False
+    layer, connection = layers
+    aggregator = getattr(layer, "_aggregator", None)
+    if (not getattr(layer, "_handshakeDone", False) or getattr(layer, "_lostTLSConnection", True)
+            or layer.disconnecting or getattr(layer, "_appSendBuffer", True)
+            or getattr(aggregator, "_buffer", True)):
+        return False
+    if not (connection.connected and not connection.disconnecting
+            and getattr(connection, "_tempDataLen", None) == 0 and connection.offset == len(connection.dataBuffer)):
+        return False
+    session = layer._tlsConnection
+    try:
+        session.send(data)
+    except SSL.Error:
+        return False  # nothing taken (no partial writes): Twisted's own write deals with it
+    records = []
+    while True:
+        try:
+            records.append(session.bio_read(2**15))
+        except SSL.WantReadError:
+            break
+    payload = b"".join(records)
+    if not _send_now(connection, payload):  # not expected: it was idle a moment ago
+        abstract.FileDescriptor.write(connection, payload)
+    return True
+
+
 def write_now(transport: Any, data: bytes) -> None:
-    """``transport.write(data)``, except that on a plain TCP connection with nothing unsent the octets go out now."""
-    if (isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", True)
-            and transport.connected and not transport.disconnecting
-            and getattr(transport, "_tempDataLen", None) == 0 and transport.offset == len(transport.dataBuffer)):
-        sent = transport.writeSomeData(data)
-        if isinstance(sent, int):
-            if sent == len(data):
-                return
-            data = data[sent:]
+    """``transport.write(data)``, except that with nothing unsent the octets go out now: on a plain TCP
+    connection, and encrypted on a TLS one (:func:`_encrypt_now`)."""
+    if isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", True):
+        if _send_now(transport, data):
+            return
+    elif _encrypt_now(transport, data):
+        return
     transport.write(data)
 
 

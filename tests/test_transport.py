@@ -81,3 +81,76 @@ def test_write_now_on_other_transports_is_write():
     transport = StringTransport()
     write_now(transport, b"data")
     assert transport.value() == b"data"
+
+
+def tls_pair(tmp_path):
+    """A Twisted TCP connection after a real STARTTLS (server side, on a MemoryReactor), and the client's end:
+    a stdlib TLS socket whose handshake a thread ran while the test turned the connection by hand."""
+    import ssl
+    import threading
+
+    from continuity.tls import context_factory, generate_self_signed
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    generate_self_signed("mx.example.test", str(cert), str(key))
+    received = []
+
+    class Receiving(Protocol):
+        def dataReceived(self, data):
+            received.append(data)
+
+    conn, theirs, reactor = connection(Receiving())
+    conn._tlsClientDefault = False  # as tcp.Server has it: the server side of the handshake
+    conn.startTLS(context_factory(str(cert), str(key)))
+    client_context = ssl.create_default_context()
+    client_context.check_hostname = False
+    client_context.verify_mode = ssl.CERT_NONE
+    client = client_context.wrap_socket(theirs, server_side=False, do_handshake_on_connect=False)
+    handshake = threading.Thread(target=client.do_handshake)
+    handshake.start()
+    while handshake.is_alive():
+        conn.doRead()
+        if conn in reactor.getWriters():
+            conn.doWrite()
+        handshake.join(0.01)
+    client.sendall(b"EHLO x\r\n")  # the server side's handshake ends when it reads the client's first record
+    while not received:
+        conn.doRead()
+    while conn in reactor.getWriters():  # what the handshake left (TLS 1.3 session tickets)
+        conn.doWrite()
+    return conn, client, reactor
+
+
+def test_write_now_encrypts_and_sends_at_once_after_starttls(tmp_path):
+    """Over TLS too, a reply reaches the client without a reactor turn: Twisted would keep it for the next
+    turn, encrypt it then, and send the records a turn later."""
+    conn, client, reactor = tls_pair(tmp_path)
+    write_now(conn, b"250 2.0.0 Ok\r\n")
+    assert conn not in reactor.getWriters()
+    assert client.recv(100) == b"250 2.0.0 Ok\r\n"
+    write_now(conn, b"221 Bye\r\n")
+    assert client.recv(100) == b"221 Bye\r\n"
+
+
+def test_write_now_over_tls_keeps_the_order_behind_a_kept_write(tmp_path):
+    """A write Twisted's TLS layer still keeps goes first: write_now queues behind it."""
+    conn, client, reactor = tls_pair(tmp_path)
+    conn.write(b"first ")  # kept by Twisted's TLS layer until the next turn
+    write_now(conn, b"second")
+    client.setblocking(False)
+    with pytest.raises(ssl_want_read()):
+        client.recv(100)
+    conn.protocol._aggregator.flush()
+    conn.doWrite()
+    client.setblocking(True)
+    client.settimeout(5)
+    received = b""
+    while len(received) < len(b"first second"):
+        received += client.recv(100)
+    assert received == b"first second"
+
+
+def ssl_want_read():
+    import ssl
+
+    return ssl.SSLWantReadError
