@@ -462,7 +462,8 @@ def build_service(config: Config, reactor, logs: str | None = None) -> MultiServ
         workers = SMTPWorkers(reactor, config.path, config.server.smtp_workers,
                               {name: listeners[name].fileno for name in shared}, components.intake,
                               components.direct.record,
-                              lambda *refused: components.sql.run(components.index.record_rejection, *refused),
+                              lambda *refused: components.sql.run_batched(components.index.record_rejection,
+                                                                          *refused),
                               logs, serving)
         workers.setServiceParent(root)
         components.directory_changed.append(workers.directory_changed)

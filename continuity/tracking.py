@@ -22,17 +22,30 @@ STATUSES = ("received", "relayed", "deferred", "delayed", "redelivered", "delete
 
 def create(conn: sqlite3.Connection, *, queue_id: str | None, message_id: str | None, sender: str,
            recipient: str, direction: str, status: str, now: float, detail: str | None = None,
-           mailbox_ref: str | None = None) -> int:
-    """A new tracking row with its first event; returns its id."""
+           mailbox_ref: str | None = None, first_status: str | None = None,
+           first_detail: str | None = None) -> int:
+    """A new tracking row with its first event; returns its id.
+
+    :param first_status: the first event's status when it is not the row's: a row created as it will be
+        after later events (:func:`event` adds them), ``first_detail`` then that event's detail.
+    """
     cursor = conn.execute(
         "INSERT INTO tracking (queue_id, message_id, sender, recipient, direction, status, time, mailbox_ref)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         (queue_id, message_id, sender, recipient, direction, status, now, mailbox_ref),
     )
     tracking_id = cursor.lastrowid
+    if first_status is not None:
+        event(conn, tracking_id, first_status, now, first_detail)
+    else:
+        event(conn, tracking_id, status, now, detail)
+    return tracking_id
+
+
+def event(conn: sqlite3.Connection, tracking_id: int, status: str, now: float, detail: str | None) -> None:
+    """An event in a row's history, leaving the row as it is (:func:`record` makes it the row's status)."""
     conn.execute("INSERT INTO tracking_events (tracking_id, time, status, detail) VALUES (?, ?, ?, ?)",
                  (tracking_id, now, status, detail))
-    return tracking_id
 
 
 def record(conn: sqlite3.Connection, tracking_id: int, status: str, now: float, detail: str | None = None,
@@ -40,8 +53,7 @@ def record(conn: sqlite3.Connection, tracking_id: int, status: str, now: float, 
     """Append an event and make it the row's current status."""
     conn.execute("UPDATE tracking SET status = ?, time = ?, mailbox_ref = COALESCE(?, mailbox_ref) WHERE id = ?",
                  (status, now, mailbox_ref, tracking_id))
-    conn.execute("INSERT INTO tracking_events (tracking_id, time, status, detail) VALUES (?, ?, ?, ?)",
-                 (tracking_id, now, status, detail))
+    event(conn, tracking_id, status, now, detail)
 
 
 def mailbox_ref(address: str, base: str) -> str:

@@ -152,6 +152,39 @@ def test_a_nested_transaction_is_a_savepoint(tmp_path):
     assert [r[0] for r in db.read("SELECT x FROM t")] == [1]
 
 
+def test_batched_jobs_under_load_wait_to_share_a_commit(tmp_path):
+    """A job nobody waits for, submitted while the thread is busy, waits for others to commit with it."""
+    sql, reactor, db = _sql_thread(tmp_path)
+    sql.linger, sql.busy = 30.0, 60.0  # every commit leaves the thread busy; a wait lasts until it is ended
+    results = []
+    sql.startService()
+    try:
+        sql.run_batched(_insert, db, 1).addCallback(results.append)
+        reactor.run_one()  # idle: the first one does not wait
+        assert results == [1] and sql.commits == 1
+        sql.run_batched(_insert, db, 2).addCallback(results.append)
+        sql.run_batched(_insert, db, 3).addCallback(results.append)
+        sql.run(_insert, db, 4).addCallback(results.append)  # someone waits for this one: the wait ends
+        reactor.run_one()
+        assert results == [1, 2, 3, 4] and sql.commits == 2
+    finally:
+        sql.stopService()
+
+
+def test_a_lingering_group_ends_at_the_stop(tmp_path):
+    """Stopping ends the wait of batched jobs and commits them."""
+    sql, reactor, db = _sql_thread(tmp_path)
+    sql.linger, sql.busy = 30.0, 60.0
+    results = []
+    sql.startService()
+    sql.run_batched(_insert, db, 1).addCallback(results.append)
+    reactor.run_one()
+    sql.run_batched(_insert, db, 2).addCallback(results.append)
+    sql.stopService()
+    reactor.run_one()
+    assert results == [1, 2]
+
+
 def test_stopping_finishes_submitted_jobs(tmp_path):
     """stopService runs what was already submitted before the thread ends."""
     sql, reactor, db = _sql_thread(tmp_path)

@@ -7,8 +7,9 @@ finished and its spool file removed. When every recipient goes to a continuity
 mailbox, :class:`DirectDelivery` writes the Maildir copies at once - the durable
 copy behind the ``250`` is then the Maildir file itself - and records their
 tracking rows (``received``, then ``delayed`` with the mailbox reference that
-recovery works from) in one transaction: half the fsyncs and a fifth of the
-thread trips of the spool path.
+recovery works from) a moment later, in a commit shared with other messages'
+(:meth:`~continuity.db.SQLThread.run_batched`): half the fsyncs and a fifth
+of the thread trips of the spool path.
 
 The routes are read fresh from the store on the I/O worker that writes the
 copies. An answer of the SMTP policies' one-second cache could be from before
@@ -24,10 +25,10 @@ spool path does after an upstream's ``250``: delivery is at-least-once.
 In an SMTP worker the tracking rows are the service process's to write
 (:attr:`DirectDelivery.hand_over`, a line on the worker's pipe), so that the
 worker never writes the store: two writers took turns on its lock and each
-threw away the other's cached pages, at 25% of the CPU of emergency mode. The
-copy is durable before the ``250``, its rows are written a moment after; a
-service killed in that moment loses the rows (the copy stays, and recovery
-redelivers it as any other), never mail.
+threw away the other's cached pages, at 25% of the CPU of emergency mode. In
+either process the copy is durable before the ``250`` and its rows are
+written a moment after; a service killed in that moment loses the rows (the
+copy stays, and recovery redelivers it as any other), never mail.
 """
 
 from __future__ import annotations
@@ -83,7 +84,9 @@ class DirectDelivery:
         if self.hand_over is not None:
             self.hand_over(queue_id, message_id, sender, client, self._clock.seconds(), written)
         else:
-            await self.record(queue_id, message_id, sender, client, self._clock.seconds(), written)
+            # Not waited for, as a worker's are not: the copies are what the 250 stands for.
+            self.record(queue_id, message_id, sender, client, self._clock.seconds(), written).addErrback(
+                lambda failure: self.log.failure("tracking {queue_id} failed", failure, queue_id=queue_id))
         for _, mailbox, _ in written:
             self.log.info("{queue_id} delivered to the continuity mailbox of {address}", queue_id=queue_id,
                           address=mailbox)
@@ -112,16 +115,20 @@ class DirectDelivery:
 
     def record(self, queue_id: str, message_id: str | None, sender: str, client: str | None, now: float,
                copies: Sequence[Copy]) -> "Deferred[None]":
-        """Write the copies' tracking rows (those of an SMTP worker's copies too, in the service process)."""
-        return self._sql.run(self._track, queue_id, message_id, sender, client, now, copies)
+        """Write the copies' tracking rows (those of an SMTP worker's copies too, in the service process), in a
+        commit that may wait a moment for others (:meth:`~continuity.db.SQLThread.run_batched`)."""
+        return self._sql.run_batched(self._track, queue_id, message_id, sender, client, now, copies)
 
     def _track(self, queue_id: str, message_id: str | None, sender: str, client: str | None, now: float,
                copies: Sequence[Copy]) -> None:
         """On the SQL thread: each copy's tracking row, received and delayed, with its mailbox reference."""
         with self._directory.db.transaction() as conn:
             for recipient, mailbox, ref in copies:
+                # The row as received-then-delayed leaves it, written once: an update of a row moves it in
+                # each of its indexes again.
                 tracking_id = tracking.create(
                     conn, queue_id=queue_id, message_id=message_id, sender=sender, recipient=recipient,
-                    direction="inbound", status="received", now=now, detail=f"from {client or 'smtp'}")
-                tracking.record(conn, tracking_id, "delayed", now, tracking.in_mailbox(mailbox),
-                                mailbox_ref=tracking.mailbox_ref(mailbox, ref))
+                    direction="inbound", status="delayed", now=now, detail=None,
+                    mailbox_ref=tracking.mailbox_ref(mailbox, ref), first_status="received",
+                    first_detail=f"from {client or 'smtp'}")
+                tracking.event(conn, tracking_id, "delayed", now, tracking.in_mailbox(mailbox))

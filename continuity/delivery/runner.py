@@ -220,7 +220,7 @@ class QueueRunner(Service):
                 return self._lookups(self._claim(due, now))
 
             if decisions is None:
-                decisions = await self._sql.run(claim_and_route)
+                decisions = await self._sql.run_batched(claim_and_route)
             if not decisions:
                 return
             if spooled is None:
@@ -249,7 +249,9 @@ class QueueRunner(Service):
             fn(*args)
             return self._index.has_pending(queue_id)
 
-        return self._sql.run(change).addCallback(lambda pending: self._still_pending.__setitem__(queue_id, pending))
+        # An outcome nobody waits for: it may wait a moment to share a commit (SQLThread.run_batched).
+        return self._sql.run_batched(change).addCallback(
+            lambda pending: self._still_pending.__setitem__(queue_id, pending))
 
     def _remove(self, queue_id: str) -> None:
         """Remove a finished message's spool file, in a batch with others finished meanwhile.

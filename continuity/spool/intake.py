@@ -148,9 +148,10 @@ class MessageIntake:
             # Only what is delivered at once needs its message in memory.
             envelope, message, size = self._spool.read_if_small(queue_id, HANDOFF_LIMIT if deliver else 0)
         except Exception:
-            self._sql.submit(indexed, _raise, Failure())
+            self._sql.submit_batched(indexed, _raise, Failure())
             return
-        self._sql.submit(indexed, self._adopt_job, envelope, message, size, deliver)
+        # Its client had its 250 from the worker: the rows may wait a moment to share a commit.
+        self._sql.submit_batched(indexed, self._adopt_job, envelope, message, size, deliver)
 
     def _adopt_job(self, envelope: SpoolEnvelope, message: bytes | None, size: int,
                    deliver: bool) -> tuple[tuple[str, bytes] | None, Any, bool]:

@@ -39,6 +39,10 @@ class InlineThread:
     def submit(self, d: Deferred[T], fn: Callable[..., T], *args: Any, **kwargs: Any) -> None:
         self.run(fn, *args, **kwargs).chainDeferred(d)
 
+    # The SQL thread's jobs nobody waits for run at once here too.
+    run_batched = run
+    submit_batched = submit
+
     def spawn(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         self.jobs += 1
         fn(*args, **kwargs)
@@ -63,6 +67,9 @@ class QueuedThread:
 
     def submit(self, d: Deferred[T], fn: Callable[..., T], *args: Any, **kwargs: Any) -> None:
         self._jobs.append((fn, args, kwargs, d))
+
+    run_batched = run
+    submit_batched = submit
 
     def spawn(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         self.submit(Deferred(), fn, *args, **kwargs)
