@@ -14,6 +14,7 @@ server sends that reply as it is. A ``421`` reply also closes the connection
 
 from __future__ import annotations
 
+import functools
 import re
 
 import attrs
@@ -68,9 +69,18 @@ class Reply:
             out.append(f"{self.code}{separator}{prefix}{printable(text)}".encode("ascii"))
         return out
 
+    def wire(self) -> bytes:
+        """:meth:`lines` as sent, each ended by CRLF (made once for the replies sent over and over)."""
+        return _wire(self)
+
     def format(self, **values: object) -> Reply:
         """A copy whose text has ``{name}`` fields filled with printable ``values``."""
         return attrs.evolve(self, text=self.text.format(**{k: printable(v) for k, v in values.items()}))
+
+
+@functools.lru_cache(maxsize=256)
+def _wire(reply: Reply) -> bytes:
+    return b"".join(line + b"\r\n" for line in reply.lines())
 
 
 class SMTPReply(Exception):

@@ -20,6 +20,7 @@ RFC 2920 (PIPELINING), RFC 3207 (STARTTLS), RFC 4954 (AUTH), RFC 6152
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -46,6 +47,11 @@ _COMMANDS = {
     verb: "do_" + verb
     for verb in ("HELO", "EHLO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "VRFY", "EXPN", "HELP")
 } | {"STARTTLS": "do_STARTTLS", "AUTH": "do_AUTH"}
+
+
+@functools.lru_cache(maxsize=16)
+def _greeting(hostname: str) -> codes.Reply:
+    return codes.GREETING.format(hostname=hostname)
 
 
 class ISMTPPolicy(Interface):
@@ -217,7 +223,7 @@ class SMTPServer(CommandPipeline, AuthCommands, twisted_smtp.ESMTP):
 
     def _admit(self, _: object) -> None:
         self._admitted = True
-        self._send(codes.GREETING.format(hostname=self.hostname))
+        self._send(_greeting(self.hostname))
 
     def _refuse_connection(self, failure: Failure) -> None:
         reply = self._reply_for(failure, "connect", codes.CONNECTION_REFUSED.format(hostname=self.hostname))
@@ -257,7 +263,7 @@ class SMTPServer(CommandPipeline, AuthCommands, twisted_smtp.ESMTP):
     def _send(self, reply: codes.Reply) -> None:
         if self._lost or self._closing:
             return
-        write_now(self.transport, b"".join(line + b"\r\n" for line in reply.lines()))
+        write_now(self.transport, reply.wire())
         if reply.closes:
             self._close()
 
