@@ -237,3 +237,9 @@ def test_a_writer_lock_that_cannot_be_had_fails_the_group_and_not_the_thread(tmp
         assert outcomes == [OSError, 2]
     finally:
         sql.stopService()
+
+
+def test_statement_journals_stay_in_memory(tmp_path):
+    """Each job of a group is a savepoint whose journal of changed pages is kept in memory, not in a temp file."""
+    db = Database(str(tmp_path / "s.db")).open()
+    assert db.connection().execute("PRAGMA temp_store").fetchone()[0] == 2  # MEMORY
