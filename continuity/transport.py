@@ -92,9 +92,9 @@ def _encrypt_now(transport: Any, data: bytes) -> bool:
         return False
     session = layer._tlsConnection
     try:
-        session.send(data)
+        sent = session.send(data)
     except SSL.Error:
-        return False  # nothing taken (no partial writes): Twisted's own write deals with it
+        return False  # nothing taken: Twisted's own write deals with it (a renegotiation, an error)
     records = []
     while True:
         try:
@@ -104,6 +104,10 @@ def _encrypt_now(transport: Any, data: bytes) -> bool:
     payload = b"".join(records)
     if not _send_now(connection, payload):  # not expected: it was idle a moment ago
         abstract.FileDescriptor.write(connection, payload)
+    if sent < len(data):
+        # pyOpenSSL allows partial writes: one record at a time when the client asked for small ones (RFC 6066
+        # max_fragment_length). The rest goes Twisted's way, behind the records just sent.
+        tls.TLSMemoryBIOProtocol.write(layer, data[sent:])
     return True
 
 

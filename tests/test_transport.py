@@ -154,3 +154,25 @@ def ssl_want_read():
     import ssl
 
     return ssl.SSLWantReadError
+
+
+def test_write_now_over_tls_sends_all_of_a_reply_taken_in_part(tmp_path):
+    """A TLS session may take a write one small record at a time (a client's max_fragment_length): the rest of
+    the reply follows, in order, and nothing is lost."""
+    conn, client, reactor = tls_pair(tmp_path)
+    session = conn.protocol._tlsConnection
+    whole_send = session.send
+
+    def small_records(data, flags=0):
+        return whole_send(bytes(data[:100]))
+
+    session.send = small_records
+    reply = b"".join(b"250-line %04d\r\n" % number for number in range(200)) + b"250 end\r\n"
+    write_now(conn, reply)
+    received = b""
+    client.settimeout(5)
+    while len(received) < len(reply):
+        while conn in reactor.getWriters():
+            conn.doWrite()
+        received += client.recv(65536)
+    assert received == reply
