@@ -191,9 +191,6 @@ class Database:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
-            # The savepoint of each job in an SQLThread group keeps the pages it changes in a statement
-            # journal; on disk (the default) that was two pwrite calls per page, ~40 per message relayed.
-            conn.execute("PRAGMA temp_store = MEMORY")
             self._local.conn = conn
             with self._lock:
                 self._connections.append(conn)
@@ -367,6 +364,10 @@ class SQLThread(Service):
                 self._ready.notify()
 
     def _work(self) -> None:
+        # The savepoint of each job in a group keeps the pages it changes in a statement journal; in a temp
+        # file (the default) that was two pwrite calls per page, ~40 per message relayed. Only here: other
+        # connections (continuityctl's sorts of a long queue) keep spilling to disk.
+        self.db.connection().execute("PRAGMA temp_store = MEMORY")
         last_commit = float("-inf")
         while True:
             with self._ready:

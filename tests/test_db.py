@@ -239,7 +239,16 @@ def test_a_writer_lock_that_cannot_be_had_fails_the_group_and_not_the_thread(tmp
         sql.stopService()
 
 
-def test_statement_journals_stay_in_memory(tmp_path):
-    """Each job of a group is a savepoint whose journal of changed pages is kept in memory, not in a temp file."""
-    db = Database(str(tmp_path / "s.db")).open()
-    assert db.connection().execute("PRAGMA temp_store").fetchone()[0] == 2  # MEMORY
+def test_the_sql_thread_keeps_statement_journals_in_memory(tmp_path):
+    """Each job of a group is a savepoint whose journal of changed pages is kept in memory, not in a temp
+    file; other connections keep SQLite's default."""
+    sql, reactor, db = _sql_thread(tmp_path)
+    sql.startService()
+    try:
+        stores = []
+        sql.run(lambda: stores.append(db.connection().execute("PRAGMA temp_store").fetchone()[0]))
+        reactor.run_one()
+        assert stores == [2]  # MEMORY
+        assert db.connection().execute("PRAGMA temp_store").fetchone()[0] == 0  # this thread's: the default
+    finally:
+        sql.stopService()
