@@ -23,22 +23,40 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-#: The most buffers one ``writev`` takes (Linux: 1024).
-_IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024)
+#: The most buffers one ``writev`` takes (Linux: 1024; at least POSIX's 16 when the system does not say).
+_IOV_MAX = min(max(os.sysconf("SC_IOV_MAX"), 16), 1024)
+#: Octets gathered for one ``writev`` at most: a message read from a file in chunks is never all in memory.
+_WRITEV_OCTETS = 1 << 20
 
 
 def write_chunks(fd: int, chunks: Iterable[bytes]) -> int:
     """Write every chunk fully to ``fd``; return the byte count.
 
-    One ``writev`` for the lot when it takes it all: each system call of an
-    I/O thread gives the GIL back and takes it again, a hand-off with the
-    reactor when it is busy.
+    Chunks go to ``writev`` together, up to :data:`_IOV_MAX` of them or
+    about a MiB: each system call of an I/O thread gives the GIL back and
+    takes it again, a hand-off with the reactor when it is busy.
     """
-    views = [memoryview(chunk) for chunk in chunks if chunk]
+    total = 0
+    batch: list[memoryview] = []
+    octets = 0
+    for chunk in chunks:
+        if not chunk:
+            continue
+        batch.append(memoryview(chunk))
+        octets += batch[-1].nbytes
+        if len(batch) >= _IOV_MAX or octets >= _WRITEV_OCTETS:
+            total += _write_all(fd, batch)
+            batch, octets = [], 0
+    if batch:
+        total += _write_all(fd, batch)
+    return total
+
+
+def _write_all(fd: int, views: list[memoryview]) -> int:
     total = 0
     first = 0
     while first < len(views):
-        written = os.writev(fd, views[first:first + _IOV_MAX])
+        written = os.writev(fd, views[first:])
         total += written
         while written:  # past the buffers written in full, into the one written in part
             length = views[first].nbytes

@@ -272,6 +272,37 @@ def test_chunks_are_written_whole_when_writev_writes_part(tmp_path, monkeypatch,
     assert max(calls) == min(3, iov_max)  # the empty chunk is no buffer
 
 
+def test_chunks_from_a_file_are_written_a_mib_at_a_time(tmp_path) -> None:
+    """A message read in chunks is written as it is read, never gathered whole (a copy of a large message)."""
+    from continuity import durable
+
+    taken = []
+
+    def chunks():
+        for number in range(40):
+            taken.append(number)
+            yield bytes([number]) * 65536
+
+    seen_when_writing = []
+    real_writev = os.writev
+
+    def writev(fd, buffers):
+        seen_when_writing.append(len(taken))
+        return real_writev(fd, buffers)
+
+    path = tmp_path / "large"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        import unittest.mock
+
+        with unittest.mock.patch.object(durable.os, "writev", writev):
+            assert durable.write_chunks(fd, chunks()) == 40 * 65536
+    finally:
+        os.close(fd)
+    assert seen_when_writing[0] == 16  # 16 chunks of 64 KiB: a MiB, then written
+    assert path.read_bytes() == b"".join(bytes([number]) * 65536 for number in range(40))
+
+
 def test_a_missing_tmp_directory_is_made_again(store, alice) -> None:
     """tmp/ is looked for only when a write there fails: one removed by hand is made again, and the message lands."""
     store.ensure_mailbox(alice)
