@@ -341,7 +341,7 @@ class MailFolder:
                 break
             except FileExistsError:
                 continue
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):
                 # Looked at only now, not before each delivery: a folder that is gone, or its tmp/ alone.
                 if not os.path.isdir(os.path.join(self.path, "cur")):
                     raise MailboxNotFound(f"no such mailbox: {self.name}") from None
@@ -407,6 +407,11 @@ class MailFolder:
                 modseq=None,
                 recent=subdir == "new",
             )
+        except FileNotFoundError:
+            # cur/ is looked for only now (see _write_temp): a folder gone, or half of one, is no mailbox.
+            if not os.path.isdir(os.path.join(self.path, "cur")):
+                raise MailboxNotFound(f"no such mailbox: {self.name}") from None
+            raise
         finally:
             _unlink_quietly(tmp_path)
 

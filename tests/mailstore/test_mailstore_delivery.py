@@ -311,3 +311,18 @@ def test_a_missing_tmp_directory_is_made_again(store, alice) -> None:
     ref = store.deliver(alice, MESSAGE)
     assert os.path.isdir(os.path.join(root, "tmp"))
     assert os.listdir(os.path.join(root, "new")) == [os.path.basename(ref.path)]
+
+
+def test_a_folder_left_without_cur_is_no_mailbox(store, alice) -> None:
+    """A folder with tmp/ but no cur/ or new/ (half removed) refuses the message as a missing mailbox, and
+    leaves nothing in tmp/ (INBOX, the mailbox itself, is made again instead)."""
+    import shutil
+
+    store.ensure_mailbox(alice)
+    store.create_folder(alice, "Archive")
+    folder = os.path.dirname(os.path.dirname(store.deliver(alice, MESSAGE, "Archive").path))
+    shutil.rmtree(os.path.join(folder, "cur"))
+    shutil.rmtree(os.path.join(folder, "new"))
+    with pytest.raises(MailboxNotFound):
+        store.deliver(alice, MESSAGE, "Archive")
+    assert os.listdir(os.path.join(folder, "tmp")) == []
