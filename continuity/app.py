@@ -57,7 +57,11 @@ class Components:
     sql: SQLThread
     directory: Directory
     tls_context: object
+    #: The I/O pool of the mail flow: spool, deliveries, recovery.
     io: object = None
+    #: The I/O pool of mailbox access (IMAP, POP3, logins): a storm of folder listings after a failover
+    #: never holds up the writes behind a 250 (in an SMTP worker, which serves no mailbox, the same as io).
+    mailbox_io: object = None
     mailstore: object = None
     authenticator: object = None
     realm: object = None
@@ -220,7 +224,8 @@ def _pop3_factory(components: "Components", name: str) -> IProtocolFactory:
 
     config, mailstore = components.config, components.mailstore
     components.realm.register(IMaildrop, lambda user: Maildrop(mailstore, user.address))
-    return POP3ServerFactory(components.authenticator, components.io.run, config.server.hostname, config.limits,
+    return POP3ServerFactory(components.authenticator, components.mailbox_io.run, config.server.hostname,
+                             config.limits,
                              tls_context=components.tls_context,
                              require_tls_for_auth=config.tls.require_tls_for_auth,
                              implicit_tls=name in IMPLICIT_TLS, clock=components.reactor)
@@ -230,8 +235,8 @@ def _imap_factory(components: "Components", name: str) -> IProtocolFactory:
     from continuity.imap.server import IMAPServerFactory, shared_state
 
     config = components.config
-    shared = shared_state(components.realm, components.mailstore, components.io.run, components.reactor)
-    return IMAPServerFactory(store=components.mailstore, run=components.io.run,
+    shared = shared_state(components.realm, components.mailstore, components.mailbox_io.run, components.reactor)
+    return IMAPServerFactory(store=components.mailstore, run=components.mailbox_io.run,
                              authenticator=components.authenticator, hostname=config.server.hostname,
                              limits=config.limits, require_tls_for_auth=config.tls.require_tls_for_auth,
                              tls_context=components.tls_context, clock=components.reactor, shared=shared,
@@ -361,6 +366,11 @@ def _components(config: Config, reactor, root: MultiService, process: int = 0) -
     io = WorkerThreads(reactor, "io")
     io.setServiceParent(root)
     components.io = io
+    if process:
+        components.mailbox_io = io
+    else:
+        components.mailbox_io = WorkerThreads(reactor, "mailbox")
+        components.mailbox_io.setServiceParent(root)
     hashing = WorkerThreads(reactor, "auth", size=verifications_at_once())
     hashing.setServiceParent(root)
     # An SMTP worker writes nothing to the store: its lookups are plain reads on the I/O pool, not jobs of
@@ -370,7 +380,8 @@ def _components(config: Config, reactor, root: MultiService, process: int = 0) -
     components.mailstore = MaildirStore(config.mail_root, hostname=config.server.hostname)
     components.sent_copies = SentCopies(config.cs_sent_root)
     components.authenticator, components.realm = build_authenticator(
-        components.directory, io.run, reactor, config.limits.auth_failures, components.window, verify=hashing.run)
+        components.directory, components.mailbox_io.run, reactor, config.limits.auth_failures, components.window,
+        verify=hashing.run)
     from continuity.delivery.direct import DirectDelivery
 
     components.direct = DirectDelivery(reactor, sql, io.run, components.directory, components.mailstore)

@@ -16,7 +16,9 @@ a quarter more CPU per message than three or four in A/Bs of the emergency
 benchmark, and delivered 28% fewer messages per second (relay 9%,
 submission 6%). Four still let four fsyncs of a process share one journal
 commit. Password hashing (Argon2id, ~0.1 s with the GIL released) has its
-own pool, so that a login storm never leaves the mail's writes waiting.
+own pool, so that a login storm never leaves the mail's writes waiting, and
+so has mailbox access (IMAP, POP3): folder listings of every phone coming
+back after a failover never hold up the writes behind a ``250``.
 """
 
 from __future__ import annotations
