@@ -176,3 +176,61 @@ def test_write_now_over_tls_sends_all_of_a_reply_taken_in_part(tmp_path):
             conn.doWrite()
         received += client.recv(65536)
     assert received == reply
+
+
+def test_write_now_encrypts_and_sends_at_once_on_an_implicit_tls_connection(tmp_path):
+    """On an implicit-TLS listener (465, 993, 995) the protocol's transport is the TLS layer itself: a reply
+    goes out at once there too, after the greeting Twisted still kept from before the handshake."""
+    import ssl
+    import threading
+
+    from twisted.internet.protocol import Factory
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    from continuity.tls import context_factory, generate_self_signed
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    generate_self_signed("mx.example.test", str(cert), str(key))
+    received = []
+
+    class Greeting(Protocol):
+        def connectionMade(self):
+            self.transport.write(b"220 greeting\r\n")  # before the handshake: kept by Twisted's TLS layer
+
+        def dataReceived(self, data):
+            received.append(data)
+
+    from twisted.internet.task import Clock
+
+    reactor, clock = MemoryReactor(), Clock()
+    factory = TLSMemoryBIOFactory(context_factory(str(cert), str(key)), False, Factory.forProtocol(Greeting),
+                                  clock=clock)
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    theirs.settimeout(5)
+    layer = factory.buildProtocol(None)
+    conn = tcp.Connection(ours, layer, reactor)
+    conn.connected = True
+    layer.makeConnection(conn)
+    client_context = ssl.create_default_context()
+    client_context.check_hostname = False
+    client_context.verify_mode = ssl.CERT_NONE
+    client = client_context.wrap_socket(theirs, server_side=False, do_handshake_on_connect=False)
+    handshake = threading.Thread(target=client.do_handshake)
+    handshake.start()
+    while handshake.is_alive():
+        conn.doRead()
+        if conn in reactor.getWriters():
+            conn.doWrite()
+        handshake.join(0.01)
+    client.sendall(b"EHLO x\r\n")
+    while not received:
+        conn.doRead()
+    clock.advance(0)  # Twisted's next turn, for what its TLS layer kept: the greeting
+    while conn in reactor.getWriters():
+        conn.doWrite()
+    assert client.recv(100) == b"220 greeting\r\n"
+    protocol = layer.wrappedProtocol
+    write_now(protocol.transport, b"250 2.0.0 Ok\r\n")
+    assert conn not in reactor.getWriters()
+    assert client.recv(100) == b"250 2.0.0 Ok\r\n"
