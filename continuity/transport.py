@@ -40,21 +40,20 @@ def new_session_id() -> str:
     return f"{random.getrandbits(40):010x}"
 
 
-def _send_now(connection: tcp.Connection, data: bytes) -> bool:
-    """Send ``data`` on ``connection`` now if nothing is waiting before it; the rest goes to its buffer.
+def _idle(connection: tcp.Connection) -> bool:
+    """Whether ``connection`` is open and holds nothing unsent: octets may go to its socket now, in order."""
+    return (connection.connected and not connection.disconnecting
+            and getattr(connection, "_tempDataLen", None) == 0 and connection.offset == len(connection.dataBuffer))
 
-    Returns False, having sent nothing, when the connection cannot take it now (the caller writes as usual).
-    """
-    if not (connection.connected and not connection.disconnecting
-            and getattr(connection, "_tempDataLen", None) == 0 and connection.offset == len(connection.dataBuffer)):
-        return False
+
+def _send_now(connection: tcp.Connection, data: bytes) -> None:
+    """Send ``data`` on an :func:`_idle` ``connection`` now; what the socket does not take goes to its buffer."""
     sent = connection.writeSomeData(data)
     if isinstance(sent, int):
         if sent == len(data):
-            return True
+            return
         data = data[sent:]
     abstract.FileDescriptor.write(connection, data)  # under the TLS layer of a STARTTLS connection too
-    return True
 
 
 def _tls_layers(transport: Any) -> tuple[Any, tcp.Connection] | None:
@@ -87,8 +86,7 @@ def _encrypt_now(transport: Any, data: bytes) -> bool:
             or layer.disconnecting or getattr(layer, "_appSendBuffer", True)
             or getattr(aggregator, "_buffer", True)):
         return False
-    if not (connection.connected and not connection.disconnecting
-            and getattr(connection, "_tempDataLen", None) == 0 and connection.offset == len(connection.dataBuffer)):
+    if not _idle(connection):
         return False
     session = layer._tlsConnection
     try:
@@ -101,9 +99,7 @@ def _encrypt_now(transport: Any, data: bytes) -> bool:
             records.append(session.bio_read(2**15))
         except SSL.WantReadError:
             break
-    payload = b"".join(records)
-    if not _send_now(connection, payload):  # not expected: it was idle a moment ago
-        abstract.FileDescriptor.write(connection, payload)
+    _send_now(connection, b"".join(records))
     if sent < len(data):
         # pyOpenSSL allows partial writes: one record at a time when the client asked for small ones (RFC 6066
         # max_fragment_length). The rest goes Twisted's way, behind the records just sent.
@@ -115,7 +111,8 @@ def write_now(transport: Any, data: bytes) -> None:
     """``transport.write(data)``, except that with nothing unsent the octets go out now: on a plain TCP
     connection, and encrypted on a TLS one (:func:`_encrypt_now`)."""
     if isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", True):
-        if _send_now(transport, data):
+        if _idle(transport):
+            _send_now(transport, data)
             return
     elif _encrypt_now(transport, data):
         return
