@@ -263,6 +263,11 @@ class Database:
         self._local = threading.local()
 
 
+def _failed(group: list, failure: Failure) -> list[tuple[Deferred, bool, Any]]:
+    """Every job of ``group`` failed with ``failure`` (its transaction could not be had or committed)."""
+    return [(d, False, failure) for _, _, _, d, _ in group]
+
+
 class SQLThread(Service):
     """The single thread all of the service's SQL runs on, committing jobs in groups.
 
@@ -399,7 +404,7 @@ class SQLThread(Service):
             fcntl.flock(self._writer, fcntl.LOCK_EX)
         except OSError:
             failure = Failure()
-            return [(job[3], False, failure) for job in group]
+            return _failed(group, failure)
         try:
             return self._write_group(group)
         finally:
@@ -412,7 +417,7 @@ class SQLThread(Service):
             conn.execute("BEGIN IMMEDIATE")
         except Exception:
             failure = Failure()
-            return [(job[3], False, failure) for job in group]
+            return _failed(group, failure)
         try:
             for fn, args, kwargs, d, _ in group:
                 try:
@@ -428,7 +433,7 @@ class SQLThread(Service):
             failure = Failure()
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            return [(job[3], False, failure) for job in group]
+            return _failed(group, failure)
         return outcomes
 
     @staticmethod
