@@ -3,14 +3,17 @@
 Run it through ``scripts/bench/run`` (which installs the peers and the venv
 first)::
 
-    scripts/bench/run                      # every benchmark, 3 rounds, the load
-    scripts/bench/run --only relay --rounds 5
+    scripts/bench/run                      # every benchmark, 5 rounds, the load
+    scripts/bench/run --only relay --rounds 9
     scripts/bench/run --quick --rounds 1   # a tiny load: does it all still work?
     scripts/bench/run --profile            # py-spy samples of our server per round
 
 Each benchmark starts its peers and our service in a work directory of its
 own, then runs ours and the peer alternately (A B A B ...), so a noisy
-machine disturbs both alike. The table (median and range of the rounds, the
+machine disturbs both alike. Five rounds by default: on this 2-core VM one
+round of the same server differs from the next by up to a half (the disk's
+flushes, the neighbours), and the median of three still moved a ratio across
+its bar from one run to the next. The table (median and range of the rounds, the
 ratio ours/peer against the issue's bar, our server's CPU seconds per
 message) is printed and written to ``scripts/bench/results/latest.md`` and
 ``latest.json`` (``quick.*`` for ``--quick``). Benchmark families are the
@@ -118,7 +121,7 @@ def run_benchmark(lab: Lab, benchmark: Benchmark, rounds: int, measured: str, lo
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="scripts/bench/run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of ours and the peer, alternately (3)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of ours and the peer, alternately (5)")
     parser.add_argument("--only", action="append", default=[], metavar="NAME",
                         help="run only this benchmark (repeat, or NAME,NAME); see --list")
     parser.add_argument("--quick", action="store_true", help="a tiny load, to check that everything works")
