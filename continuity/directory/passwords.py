@@ -28,7 +28,14 @@ service always runs it off the reactor thread.
 
 from __future__ import annotations
 
+import collections
 import functools
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+from collections.abc import Callable
 
 import argon2
 import attrs
@@ -104,6 +111,66 @@ def verify_password(stored_hash: str | None, password: str) -> bool:
     # surrogatepass: a lone surrogate cannot match any hash, but still costs a verification.
     secret = password.encode("utf-8", "surrogatepass")
     return _verify(stored_hash or _dummy_hash(), secret) and stored_hash is not None
+
+
+class VerifiedPasswords:
+    """Recent successful logins, so that a user's next login within the hour costs a hash, not an Argon2id.
+
+    A phone keeps several IMAP connections and logs in again for each, and
+    each submission logs in: after a failover every device of every user comes
+    back at once, and at ~0.1 s of a core per verification the logins would
+    hold the cores the mail needs. As PingDirectory's encoded password cache
+    does, a verified password is remembered as a keyed SHA-256 of it (HMAC,
+    under a random key of this process, never written anywhere), next to the
+    stored hash it matched; a login that presents the same password against the
+    same stored hash within :attr:`ttl` is then accepted after one HMAC.
+
+    - Only successes are remembered. A wrong password, or one for a user whose
+      stored hash has changed since (``user passwd``, an LDAP sync), goes to
+      the full verification, so a failure costs exactly what it did before
+      and tells nothing by its timing.
+    - The user's record is read fresh for every login by the caller, so that
+      deactivating a user, or changing the password, applies at once.
+    - Bounded (:attr:`size` users, least recently verified first out) and
+      thread-safe (the verifications run on a pool).
+
+    Trade-off: a memory dump of the running service yields, for the users who
+    logged in within the hour, digests that are fast to test guesses against
+    (as the plain password would have been in that memory during the login).
+    """
+
+    def __init__(self, ttl: float = 3600.0, size: int = 10_000, clock: Callable[[], float] = time.monotonic):
+        self.ttl = ttl
+        self.size = size
+        self._clock = clock
+        self._key = secrets.token_bytes(32)
+        self._lock = threading.Lock()
+        # (user, stored hash) -> (HMAC of the password, when it was verified)
+        self._entries: collections.OrderedDict[tuple[str, str], tuple[bytes, float]] = collections.OrderedDict()
+
+    def _digest(self, password: str) -> bytes:
+        return hmac.new(self._key, password.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
+
+    def holds(self, user: str, stored_hash: str, password: str) -> bool:
+        """Whether ``password`` was verified against ``stored_hash`` for ``user`` within the last :attr:`ttl`."""
+        digest = self._digest(password)
+        with self._lock:
+            entry = self._entries.get((user, stored_hash))
+            if entry is None:
+                return False
+            if self._clock() - entry[1] >= self.ttl:
+                del self._entries[(user, stored_hash)]
+                return False
+        return hmac.compare_digest(entry[0], digest)
+
+    def remember(self, user: str, stored_hash: str, password: str) -> None:
+        """Record that ``password`` matched ``stored_hash`` for ``user`` just now (by a full verification)."""
+        digest = self._digest(password)
+        with self._lock:
+            self._entries.pop((user, stored_hash), None)
+            self._entries[(user, stored_hash)] = (digest, self._clock())
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
 
 
 def needs_rehash(stored_hash: str) -> bool:

@@ -17,7 +17,13 @@ from collections.abc import Callable
 import attrs
 
 from continuity.db import Database
-from continuity.directory.passwords import DEFAULT_POLICY, PasswordPolicy, hash_password, verify_password
+from continuity.directory.passwords import (
+    DEFAULT_POLICY,
+    PasswordPolicy,
+    VerifiedPasswords,
+    hash_password,
+    verify_password,
+)
 from continuity.envelope import Address, normalise_domain, parse_address
 from continuity.errors import Conflict, InvalidAddress, InvalidValue, NotFound
 
@@ -137,9 +143,12 @@ def _domain(row: sqlite3.Row) -> Domain:
 class Directory:
     """Domains, users and aliases in a :class:`~continuity.db.Database`."""
 
-    def __init__(self, db: Database, clock: Callable[[], float] = time.time):
+    def __init__(self, db: Database, clock: Callable[[], float] = time.time,
+                 verified: VerifiedPasswords | None = None):
         self.db = db
         self._clock = clock
+        #: Recent successful logins (:class:`~continuity.directory.passwords.VerifiedPasswords`).
+        self.verified = verified if verified is not None else VerifiedPasswords()
 
     # -- domains ---------------------------------------------------------
 
@@ -342,15 +351,28 @@ class Directory:
         return users[0] if users else None
 
     def authenticate(self, address: str, password: str) -> User | None:
-        """The active user whose password matches, else None (constant work either way)."""
+        """The active user whose password matches, else None.
+
+        A failure costs one full verification whoever the user is; a success
+        repeated within the hour is checked against :attr:`verified` instead.
+        """
         try:
             user = self.get_user(address)
         except (NotFound, InvalidAddress):
             verify_password(None, password)
             return None
-        if not verify_password(user.password_hash, password) or not user.active:
+        if not self._password_matches(user, password) or not user.active:
             return None
         return user
+
+    def _password_matches(self, user: User, password: str) -> bool:
+        stored = user.password_hash
+        if stored is not None and self.verified.holds(user.address, stored, password):
+            return True
+        if not verify_password(stored, password):
+            return False
+        self.verified.remember(user.address, stored, password)
+        return True
 
     # -- aliases ---------------------------------------------------------
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import argon2
 import nacl.bindings
 import nacl.pwhash.argon2id
@@ -11,6 +13,7 @@ from continuity.directory import passwords
 from continuity.directory.passwords import (
     DEFAULT_POLICY,
     PasswordPolicy,
+    VerifiedPasswords,
     hash_password,
     needs_rehash,
     verify_password,
@@ -181,3 +184,59 @@ def test_needs_rehash_spots_weaker_parameters():
     """A hash with lower costs than ours needs rehashing; one of ours does not."""
     assert needs_rehash(cffi_hash("Secret123"))
     assert not needs_rehash(hash_password("Secret123"))
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_verified_password_is_held_for_the_ttl_then_forgotten():
+    """A remembered success holds for the same user, stored hash and password until the TTL runs out."""
+    clock = _Clock()
+    verified = VerifiedPasswords(ttl=60, clock=clock)
+    assert not verified.holds("bob@example.com", "$hash1", "Secret123")
+    verified.remember("bob@example.com", "$hash1", "Secret123")
+    assert verified.holds("bob@example.com", "$hash1", "Secret123")
+    clock.now += 59.9
+    assert verified.holds("bob@example.com", "$hash1", "Secret123")
+    clock.now += 0.1
+    assert not verified.holds("bob@example.com", "$hash1", "Secret123")
+    assert not verified.holds("bob@example.com", "$hash1", "Secret123")  # gone, not just stale
+
+
+@pytest.mark.parametrize("user, stored, password", [
+    ("bob@example.com", "$hash1", "Secret124"),  # another password
+    ("bob@example.com", "$hash2", "Secret123"),  # the password was changed since
+    ("eve@example.com", "$hash1", "Secret123"),  # another user
+])
+def test_verified_password_holds_only_for_what_was_verified(user, stored, password):
+    """Anything but the very user, stored hash and password verified goes to a full verification."""
+    verified = VerifiedPasswords()
+    verified.remember("bob@example.com", "$hash1", "Secret123")
+    assert not verified.holds(user, stored, password)
+
+
+def test_verified_passwords_keep_the_most_recent_users():
+    """Bounded: the least recently verified user goes first."""
+    verified = VerifiedPasswords(size=2)
+    for user in ("a@example.com", "b@example.com"):
+        verified.remember(user, "$h", "Secret123")
+    verified.remember("a@example.com", "$h", "Secret123")  # verified again: now the most recent
+    verified.remember("c@example.com", "$h", "Secret123")
+    assert verified.holds("a@example.com", "$h", "Secret123")
+    assert not verified.holds("b@example.com", "$h", "Secret123")
+    assert verified.holds("c@example.com", "$h", "Secret123")
+
+
+def test_verified_passwords_keep_no_password():
+    """What is kept is a keyed digest, under a key of this instance: neither the password nor a plain hash."""
+    verified = VerifiedPasswords()
+    verified.remember("bob@example.com", "$h", "Secret123")
+    kept = repr(vars(verified)).encode()
+    assert b"Secret123" not in kept
+    assert hashlib.sha256(b"Secret123").digest() not in kept
+    assert hashlib.sha256(b"Secret123").hexdigest().encode() not in kept

@@ -96,6 +96,39 @@ def test_passwords_are_hashed_and_verified(directory):
     assert directory.authenticate("nobody@example.com", GOOD) is None
 
 
+def test_a_repeated_login_is_checked_without_argon2(directory, monkeypatch):
+    """A login that succeeded within the hour is checked against the cache; failures always verify fully."""
+    from continuity.directory import store
+
+    directory.add_user("bob@example.com", GOOD)
+    verifications = []
+    real = store.verify_password
+    monkeypatch.setattr(store, "verify_password", lambda *a: verifications.append(a[1]) or real(*a))
+    assert directory.authenticate("bob@example.com", GOOD).address == "bob@example.com"
+    assert directory.authenticate("Bob@example.com", GOOD).address == "bob@example.com"
+    assert verifications == [GOOD]
+    assert directory.authenticate("bob@example.com", "Wrong1234") is None
+    assert directory.authenticate("bob@example.com", "Wrong1234") is None
+    assert verifications == [GOOD, "Wrong1234", "Wrong1234"]
+
+
+def test_a_changed_password_applies_at_once(directory):
+    """The cache is keyed by the stored hash: the old password stops working with the change."""
+    directory.add_user("bob@example.com", GOOD)
+    assert directory.authenticate("bob@example.com", GOOD) is not None
+    directory.set_password("bob@example.com", "Other4567")
+    assert directory.authenticate("bob@example.com", GOOD) is None
+    assert directory.authenticate("bob@example.com", "Other4567") is not None
+
+
+def test_a_deactivated_user_is_refused_even_after_a_login(directory):
+    """The user's record is read for each login: deactivation applies at once, cache or not."""
+    directory.add_user("bob@example.com", GOOD)
+    assert directory.authenticate("bob@example.com", GOOD) is not None
+    directory.set_active("bob@example.com", False)
+    assert directory.authenticate("bob@example.com", GOOD) is None
+
+
 def test_inactive_user_cannot_authenticate(directory):
     """Deactivation refuses logins."""
     directory.add_user("bob@example.com", GOOD)
