@@ -85,6 +85,14 @@ def verifications_at_once() -> int:
     return max(1, (os.cpu_count() or 2) - 1)
 
 
+def _as_text(credentials) -> tuple[str, str] | None:
+    """Username and password of ``IUsernamePassword`` credentials as text; None when either is not UTF-8."""
+    try:
+        return _text(credentials.username), _text(credentials.password)
+    except UnicodeDecodeError:
+        return None
+
+
 @implementer(ICredentialsChecker)
 class DirectoryChecker:
     """Checks ``IUsernamePassword`` against :meth:`Directory.authenticate` on a worker thread.
@@ -94,23 +102,29 @@ class DirectoryChecker:
 
     credentialInterfaces = (cred_credentials.IUsernamePassword,)
 
-    def __init__(self, directory: Directory, run_blocking: RunBlocking):
+    def __init__(self, directory: Directory, run_blocking: RunBlocking, look_up: RunBlocking | None = None):
+        """:param run_blocking: runs the verifications; :param look_up: the cheap checks of
+        :meth:`recently_verified` (default ``run_blocking``), on a pool that no Argon2id holds up."""
         self._directory = directory
         self._run = run_blocking
+        self._look_up = look_up or run_blocking
 
     def requestAvatarId(self, credentials) -> defer.Deferred:
         return defer.Deferred.fromCoroutine(self._check(credentials))
 
     async def _check(self, credentials) -> str:
-        try:
-            username = _text(credentials.username)
-            password = _text(credentials.password)
-        except UnicodeDecodeError:
-            raise UnauthorizedLogin() from None
-        user = await self._run(self._directory.authenticate, username, password)
+        text = _as_text(credentials)
+        user = await self._run(self._directory.authenticate, *text) if text is not None else None
         if user is None:
             raise UnauthorizedLogin()
         return user.address
+
+    async def recently_verified(self, credentials) -> str | None:
+        """The address if these credentials succeeded within the hour
+        (:meth:`Directory.recently_verified`), else None: then :meth:`requestAvatarId` decides."""
+        text = _as_text(credentials)
+        user = await self._look_up(self._directory.recently_verified, *text) if text is not None else None
+        return user.address if user is not None else None
 
 
 @implementer(IRealm)
@@ -226,6 +240,11 @@ class Authenticator:
     async def _login(self, username: str, password: str, peer_ip: str, interface, service: str) -> Login:
         account = _account_key(username)
         creds = cred_credentials.UsernamePassword(username.encode("utf-8"), password.encode("utf-8"))
+        # A repeat of a recent success needs no turn: it does not wait behind the Argon2id of a login storm.
+        address = None if self.throttle.refused(peer_ip, account) else await self._checker.recently_verified(creds)
+        if address is not None:
+            self.throttle.succeeded(peer_ip, account)
+            return await self._avatar(address, peer_ip, interface, service)
         await self._turns.acquire()
         try:
             if self.throttle.refused(peer_ip, account):
@@ -247,6 +266,9 @@ class Authenticator:
                           ip=peer_ip)
             await task.deferLater(self._clock, delay)
             raise LoginFailed()
+        return await self._avatar(address, peer_ip, interface, service)
+
+    async def _avatar(self, address: str, peer_ip: str, interface, service: str) -> Login:
         try:
             _, avatar, logout = await self.realm.requestAvatar(address, None, interface)
         except UnauthorizedLogin:
@@ -263,4 +285,5 @@ def build_authenticator(directory: Directory, run_blocking: RunBlocking, clock: 
     the process's pool for hashing, apart from the one for files."""
     realm = MailRealm(directory, run_blocking)
     throttle = LoginThrottle(getattr(clock, "seconds", time.time), max_failures, window)
-    return Authenticator(DirectoryChecker(directory, verify or run_blocking), realm, throttle, clock), realm
+    checker = DirectoryChecker(directory, verify or run_blocking, look_up=run_blocking)
+    return Authenticator(checker, realm, throttle, clock), realm

@@ -23,7 +23,8 @@ Two libraries, each for what it does best:
   libsodium only makes single-lane hashes.
 
 Both compare in constant time. A verification costs ~0.1 s and 64 MiB, so the
-service always runs it off the reactor thread.
+service always runs it off the reactor thread, and remembers a user's
+successful login for an hour (:class:`VerifiedPasswords`).
 """
 
 from __future__ import annotations
@@ -114,25 +115,27 @@ def verify_password(stored_hash: str | None, password: str) -> bool:
 
 
 class VerifiedPasswords:
-    """Recent successful logins, so that a user's next login within the hour costs a hash, not an Argon2id.
+    """Recent successful logins, so that a user's next login within the hour costs an HMAC, not an Argon2id.
 
     A phone keeps several IMAP connections and logs in again for each, and
     each submission logs in: after a failover every device of every user comes
     back at once, and at ~0.1 s of a core per verification the logins would
     hold the cores the mail needs. As PingDirectory's encoded password cache
     does, a verified password is remembered as a keyed SHA-256 of it (HMAC,
-    under a random key of this process, never written anywhere), next to the
+    under a random key of this process, never written anywhere), with the
     stored hash it matched; a login that presents the same password against the
     same stored hash within :attr:`ttl` is then accepted after one HMAC.
 
-    - Only successes are remembered. A wrong password, or one for a user whose
-      stored hash has changed since (``user passwd``, an LDAP sync), goes to
-      the full verification, so a failure costs exactly what it did before
-      and tells nothing by its timing.
-    - The user's record is read fresh for every login by the caller, so that
-      deactivating a user, or changing the password, applies at once.
+    - Only successes of active users are remembered (the caller's business:
+      :meth:`continuity.directory.store.Directory.authenticate`). A wrong
+      password, an inactive user, or a stored hash changed since (``user
+      passwd``, an LDAP sync) goes to the full verification, so a failure costs
+      what it did before and tells nothing by its timing.
+    - One entry per user: a changed hash or an expired entry is dropped when
+      seen, and the entries older than :attr:`ttl` when another is added, so a
+      digest stays in memory only as long as it can be used.
     - Bounded (:attr:`size` users, least recently verified first out) and
-      thread-safe (the verifications run on a pool).
+      thread-safe (logins run on pools).
 
     Trade-off: a memory dump of the running service yields, for the users who
     logged in within the hour, digests that are fast to test guesses against
@@ -145,31 +148,41 @@ class VerifiedPasswords:
         self._clock = clock
         self._key = secrets.token_bytes(32)
         self._lock = threading.Lock()
-        # (user, stored hash) -> (HMAC of the password, when it was verified)
-        self._entries: collections.OrderedDict[tuple[str, str], tuple[bytes, float]] = collections.OrderedDict()
+        # user -> (the stored hash matched, HMAC of the password, when); oldest verification first
+        self._entries: collections.OrderedDict[str, tuple[str, bytes, float]] = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        """Users remembered."""
+        return len(self._entries)
 
     def _digest(self, password: str) -> bytes:
         return hmac.new(self._key, password.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
 
     def holds(self, user: str, stored_hash: str, password: str) -> bool:
         """Whether ``password`` was verified against ``stored_hash`` for ``user`` within the last :attr:`ttl`."""
+        if len(password) > MAX_PASSWORD_LENGTH:
+            return False
         digest = self._digest(password)
         with self._lock:
-            entry = self._entries.get((user, stored_hash))
+            entry = self._entries.get(user)
             if entry is None:
                 return False
-            if self._clock() - entry[1] >= self.ttl:
-                del self._entries[(user, stored_hash)]
+            if entry[0] != stored_hash or self._clock() - entry[2] >= self.ttl:
+                del self._entries[user]
                 return False
-        return hmac.compare_digest(entry[0], digest)
+        return hmac.compare_digest(entry[1], digest)
 
     def remember(self, user: str, stored_hash: str, password: str) -> None:
         """Record that ``password`` matched ``stored_hash`` for ``user`` just now (by a full verification)."""
         digest = self._digest(password)
         with self._lock:
-            self._entries.pop((user, stored_hash), None)
-            self._entries[(user, stored_hash)] = (digest, self._clock())
-            while len(self._entries) > self.size:
+            now = self._clock()
+            self._entries.pop(user, None)
+            self._entries[user] = (stored_hash, digest, now)
+            while self._entries:
+                oldest = next(iter(self._entries.values()))
+                if len(self._entries) <= self.size and now - oldest[2] < self.ttl:
+                    break
                 self._entries.popitem(last=False)
 
 

@@ -147,7 +147,6 @@ class Directory:
                  verified: VerifiedPasswords | None = None):
         self.db = db
         self._clock = clock
-        #: Recent successful logins (:class:`~continuity.directory.passwords.VerifiedPasswords`).
         self.verified = verified if verified is not None else VerifiedPasswords()
 
     # -- domains ---------------------------------------------------------
@@ -351,28 +350,34 @@ class Directory:
         return users[0] if users else None
 
     def authenticate(self, address: str, password: str) -> User | None:
-        """The active user whose password matches, else None.
+        """The active user whose password matches, else None; one full verification whoever the user is.
 
-        A failure costs one full verification whoever the user is; a success
-        repeated within the hour is checked against :attr:`verified` instead.
+        A success is remembered in :attr:`verified` for :meth:`recently_verified`.
         """
         try:
             user = self.get_user(address)
         except (NotFound, InvalidAddress):
             verify_password(None, password)
             return None
-        if not self._password_matches(user, password) or not user.active:
+        if not verify_password(user.password_hash, password) or not user.active:
             return None
+        self.verified.remember(user.address, user.password_hash, password)
         return user
 
-    def _password_matches(self, user: User, password: str) -> bool:
-        stored = user.password_hash
-        if stored is not None and self.verified.holds(user.address, stored, password):
-            return True
-        if not verify_password(stored, password):
-            return False
-        self.verified.remember(user.address, stored, password)
-        return True
+    def recently_verified(self, address: str, password: str) -> User | None:
+        """The active user if ``password`` is the one :meth:`authenticate` accepted for it within the hour.
+
+        A read and an HMAC, never an Argon2id; None means only that
+        :meth:`authenticate` must decide (the wrong password, an inactive or
+        unknown user, nothing remembered).
+        """
+        try:
+            user = self.get_user(address)
+        except (NotFound, InvalidAddress):
+            return None
+        if not user.active or user.password_hash is None:
+            return None
+        return user if self.verified.holds(user.address, user.password_hash, password) else None
 
     # -- aliases ---------------------------------------------------------
 

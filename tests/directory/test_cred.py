@@ -206,7 +206,7 @@ def test_passwords_are_verified_at_most_so_many_at_once(directory, clock):
         started.append(d)
         return d
 
-    auth = Authenticator(DirectoryChecker(directory, run_later), MailRealm(directory, run_now),
+    auth = Authenticator(DirectoryChecker(directory, run_later, look_up=run_now), MailRealm(directory, run_now),
                          LoginThrottle(clock.seconds, max_failures=3), clock, at_once=2)
     results = [outcome(auth.login("alice@example.com", password, "192.0.2.1", IMailUser, "imap"), clock)
                for password in (GOOD, "wrong", GOOD)]
@@ -234,3 +234,32 @@ def test_logins_waiting_their_turn_are_refused_once_the_throttle_trips(directory
     clock.advance(MAX_DELAY)
     assert results[0][0].check(LoginFailed) and not results[0][0].check(LoginThrottled)
     assert results[1][0].check(LoginThrottled) and results[2][0].check(LoginThrottled)
+
+
+def test_a_recent_login_repeated_does_not_wait_for_a_turn(directory, clock):
+    """A login storm: a password that succeeded within the hour is accepted at once, not behind the
+    verifications under way; a wrong one still waits its turn and is verified in full."""
+    from continuity.directory.cred import Authenticator, DirectoryChecker, MailRealm
+
+    auth = Authenticator(DirectoryChecker(directory, run_now), MailRealm(directory, run_now),
+                         LoginThrottle(clock.seconds, max_failures=3), clock, at_once=1)
+    [first] = outcome(auth.login("alice@example.com", GOOD, "192.0.2.1", IMailUser, "imap"), clock)
+    assert first.address == "alice@example.com"
+    gate = defer.Deferred()
+    auth._turns.run(lambda: gate)  # a verification under way holds the one turn
+    [again] = outcome(auth.login("Alice@example.com", GOOD, "192.0.2.2", IMailUser, "imap"), clock)
+    assert again.address == "alice@example.com"
+    wrong = outcome(auth.login("alice@example.com", "Wrong1234", "192.0.2.1", IMailUser, "imap"), clock)
+    assert wrong == []
+    gate.callback(None)
+    clock.advance(MAX_DELAY)
+    assert wrong[0].check(LoginFailed)
+
+
+def test_a_throttled_client_gets_no_shortcut(directory, clock):
+    """Refused by the throttle, even a password that succeeded before is refused as throttled."""
+    auth, realm = build_authenticator(directory, run_now, clock, max_failures=1)
+    outcome(auth.login("alice@example.com", GOOD, "192.0.2.1", IMailUser, "imap"), clock)
+    outcome(auth.login("alice@example.com", "Wrong1234", "192.0.2.1", IMailUser, "imap"), clock, MAX_DELAY)
+    [result] = outcome(auth.login("alice@example.com", GOOD, "192.0.2.1", IMailUser, "imap"), clock)
+    assert result.check(LoginThrottled)

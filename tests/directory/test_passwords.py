@@ -205,7 +205,7 @@ def test_verified_password_is_held_for_the_ttl_then_forgotten():
     assert verified.holds("bob@example.com", "$hash1", "Secret123")
     clock.now += 0.1
     assert not verified.holds("bob@example.com", "$hash1", "Secret123")
-    assert not verified.holds("bob@example.com", "$hash1", "Secret123")  # gone, not just stale
+    assert len(verified) == 0  # gone, not just stale
 
 
 @pytest.mark.parametrize("user, stored, password", [
@@ -218,6 +218,19 @@ def test_verified_password_holds_only_for_what_was_verified(user, stored, passwo
     verified = VerifiedPasswords()
     verified.remember("bob@example.com", "$hash1", "Secret123")
     assert not verified.holds(user, stored, password)
+
+
+def test_verified_passwords_keep_no_digest_past_its_use():
+    """A changed stored hash drops the user's digest when seen; expired digests go when another is added."""
+    clock = _Clock()
+    verified = VerifiedPasswords(ttl=60, clock=clock)
+    verified.remember("bob@example.com", "$hash1", "Secret123")
+    assert not verified.holds("bob@example.com", "$hash2", "Secret123")
+    assert len(verified) == 0
+    verified.remember("bob@example.com", "$hash2", "Secret123")
+    clock.now += 60
+    verified.remember("eve@example.com", "$hash3", "Secret123")
+    assert len(verified) == 1 and verified.holds("eve@example.com", "$hash3", "Secret123")
 
 
 def test_verified_passwords_keep_the_most_recent_users():

@@ -96,37 +96,44 @@ def test_passwords_are_hashed_and_verified(directory):
     assert directory.authenticate("nobody@example.com", GOOD) is None
 
 
-def test_a_repeated_login_is_checked_without_argon2(directory, monkeypatch):
-    """A login that succeeded within the hour is checked against the cache; failures always verify fully."""
+def test_a_login_is_remembered_for_recently_verified(directory, monkeypatch):
+    """authenticate always verifies fully; what it accepted, recently_verified accepts with no Argon2id."""
     from continuity.directory import store
 
     directory.add_user("bob@example.com", GOOD)
-    verifications = []
-    real = store.verify_password
-    monkeypatch.setattr(store, "verify_password", lambda *a: verifications.append(a[1]) or real(*a))
+    assert directory.recently_verified("bob@example.com", GOOD) is None
     assert directory.authenticate("bob@example.com", GOOD).address == "bob@example.com"
-    assert directory.authenticate("Bob@example.com", GOOD).address == "bob@example.com"
-    assert verifications == [GOOD]
-    assert directory.authenticate("bob@example.com", "Wrong1234") is None
-    assert directory.authenticate("bob@example.com", "Wrong1234") is None
-    assert verifications == [GOOD, "Wrong1234", "Wrong1234"]
+    monkeypatch.setattr(store, "verify_password", lambda *a: pytest.fail("verified again"))
+    assert directory.recently_verified("Bob@Example.com", GOOD).address == "bob@example.com"
+    assert directory.recently_verified("bob@example.com", "Wrong1234") is None
+    assert directory.recently_verified("nobody@example.com", GOOD) is None
 
 
 def test_a_changed_password_applies_at_once(directory):
-    """The cache is keyed by the stored hash: the old password stops working with the change."""
+    """The remembered login is for the stored hash it matched: the old password stops working with the change."""
     directory.add_user("bob@example.com", GOOD)
     assert directory.authenticate("bob@example.com", GOOD) is not None
     directory.set_password("bob@example.com", "Other4567")
+    assert directory.recently_verified("bob@example.com", GOOD) is None
     assert directory.authenticate("bob@example.com", GOOD) is None
     assert directory.authenticate("bob@example.com", "Other4567") is not None
 
 
 def test_a_deactivated_user_is_refused_even_after_a_login(directory):
-    """The user's record is read for each login: deactivation applies at once, cache or not."""
+    """The user's record is read for each login: deactivation applies at once."""
     directory.add_user("bob@example.com", GOOD)
     assert directory.authenticate("bob@example.com", GOOD) is not None
     directory.set_active("bob@example.com", False)
+    assert directory.recently_verified("bob@example.com", GOOD) is None
     assert directory.authenticate("bob@example.com", GOOD) is None
+
+
+def test_an_inactive_users_password_is_not_remembered(directory):
+    """A right password of an inactive user is a failure like any other: nothing is kept of it."""
+    directory.add_user("bob@example.com", GOOD, active=False)
+    assert directory.authenticate("bob@example.com", GOOD) is None
+    directory.set_active("bob@example.com", True)
+    assert directory.recently_verified("bob@example.com", GOOD) is None
 
 
 def test_inactive_user_cannot_authenticate(directory):
