@@ -127,6 +127,7 @@ class Lab:
         self.cleanup = contextlib.ExitStack()  # closed at the end of the run
         #: Closed when the current benchmark is done: its peers do not idle on during the next ones.
         self.benchmark_cleanup = contextlib.ExitStack()
+        self._last_done: float | None = None
 
     def path(self, *parts: str) -> Path:
         """``root/PARTS...``, made (readable by the peers' users) with each new level :func:`spread`."""
@@ -146,6 +147,28 @@ class Lab:
     def benchmark_done(self) -> None:
         self.benchmark_cleanup.close()
         self.benchmark_cleanup = contextlib.ExitStack()
+        self._last_done = time.monotonic()
+
+    #: Seconds after which ext4 (without a journal) uses a freed inode again once its inode table block is
+    #: written back (60 s after the removal; the block is written within ~35 s), with a margin.
+    SETTLE = 75.0
+
+    def settle(self) -> None:
+        """Wait until the files the previous benchmarks removed no longer slow file creation (:data:`SETTLE`).
+
+        ext4 without a journal (this machine's root) skips every inode freed in
+        the last minute or more, with a look at its inode table block each, when
+        it creates a file in that block group; the relay benchmark frees one
+        spool or queue file per message, and the first emergency rounds after it
+        ran at half the speed of the later ones, for whichever side's tree ext4
+        had put in those groups. Not with ``--quick``.
+        """
+        if self.quick or self._last_done is None:
+            return
+        wait = self.SETTLE - (time.monotonic() - self._last_done)
+        if wait > 0:
+            self.say(f"waiting {wait:.0f} s for the inodes freed by the previous benchmarks to age")
+            time.sleep(wait)
 
     def close(self) -> None:
         self.benchmark_cleanup.close()
