@@ -350,19 +350,29 @@ class Directory:
         return users[0] if users else None
 
     def authenticate(self, address: str, password: str) -> User | None:
-        """The active user whose password matches, else None; one full verification whoever the user is.
+        """The active user whose password matches, else None; a failure costs one full verification whoever
+        the user is.
 
-        A success is remembered in :attr:`verified` for :meth:`recently_verified`.
+        An active user's success is remembered in :attr:`verified`, and a repeat of it (the other connections
+        of a phone that waited behind the first) is accepted without verifying again.
         """
         try:
             user = self.get_user(address)
         except (NotFound, InvalidAddress):
             verify_password(None, password)
             return None
-        if not verify_password(user.password_hash, password) or not user.active:
+        if not user.active:
+            verify_password(user.password_hash, password)
+            return None
+        if self._remembered(user, password):
+            return user
+        if not verify_password(user.password_hash, password):
             return None
         self.verified.remember(user.address, user.password_hash, password)
         return user
+
+    def _remembered(self, user: User, password: str) -> bool:
+        return user.password_hash is not None and self.verified.holds(user.address, user.password_hash, password)
 
     def recently_verified(self, address: str, password: str) -> User | None:
         """The active user if ``password`` is the one :meth:`authenticate` accepted for it within the hour.
@@ -375,9 +385,7 @@ class Directory:
             user = self.get_user(address)
         except (NotFound, InvalidAddress):
             return None
-        if not user.active or user.password_hash is None:
-            return None
-        return user if self.verified.holds(user.address, user.password_hash, password) else None
+        return user if user.active and self._remembered(user, password) else None
 
     # -- aliases ---------------------------------------------------------
 

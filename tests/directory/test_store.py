@@ -105,8 +105,24 @@ def test_a_login_is_remembered_for_recently_verified(directory, monkeypatch):
     assert directory.authenticate("bob@example.com", GOOD).address == "bob@example.com"
     monkeypatch.setattr(store, "verify_password", lambda *a: pytest.fail("verified again"))
     assert directory.recently_verified("Bob@Example.com", GOOD).address == "bob@example.com"
+    assert directory.authenticate("bob@example.com", GOOD).address == "bob@example.com"  # one that waited
     assert directory.recently_verified("bob@example.com", "Wrong1234") is None
     assert directory.recently_verified("nobody@example.com", GOOD) is None
+
+
+def test_failures_are_verified_in_full_even_after_a_login(directory, monkeypatch):
+    """A wrong password of a remembered user, or any password of a deactivated one, costs a verification."""
+    from continuity.directory import store
+
+    directory.add_user("bob@example.com", GOOD)
+    assert directory.authenticate("bob@example.com", GOOD) is not None
+    verifications = []
+    real = store.verify_password
+    monkeypatch.setattr(store, "verify_password", lambda *a: verifications.append(a[1]) or real(*a))
+    assert directory.authenticate("bob@example.com", "Wrong1234") is None
+    directory.set_active("bob@example.com", False)
+    assert directory.authenticate("bob@example.com", GOOD) is None
+    assert verifications == ["Wrong1234", GOOD]
 
 
 def test_a_changed_password_applies_at_once(directory):
