@@ -12,14 +12,11 @@ Load: ``smtp-source`` with 10 parallel sessions, 2,000 messages of 2 KB
   its ``virtual`` agent into Maildirs. Ten ``smtp-source -s 1`` (one per
   user) make the same 10 sessions. The figure runs until every message is a
   file in a Maildir. Between rounds both sides' delivered files are moved
-  aside (renamed into a directory of their own), not removed: on an ext4
-  without a journal (this machine's root) a freed inode is skipped by every
-  file creation in its block group for a minute or more, each skip a look at
-  the inode table. With the Maildirs emptied between rounds, that scan took
-  23% of our processes' CPU samples and 18% of Postfix's (``perf``), and
-  most where a round ran soonest after the removals. The servers' own
-  removals (Postfix's queue files) are theirs to pay for; the relay
-  benchmark's are let age before the first round (:meth:`Lab.settle`).
+  aside (renamed into a directory of their own), not removed, and the first
+  round waits for the relay benchmark's removals to age (:meth:`Lab.settle`):
+  on this machine's ext4 a freed inode slows file creation for a minute
+  (:func:`lab.spread`). With the Maildirs emptied between rounds, that took
+  23% of our processes' CPU samples and 18% of Postfix's (``perf``).
 """
 
 from __future__ import annotations
@@ -60,8 +57,8 @@ def maildir_files(maildirs: Iterable[Path]) -> int:
 
 
 def set_aside(maildirs: Iterable[Path], into: Path) -> None:
-    """Move the messages of ``maildirs`` into ``into`` (same file system: renames, no inode is freed)."""
-    into.mkdir(parents=True, exist_ok=True)
+    """Move the messages of ``maildirs`` into the directory ``into`` (same file system: renames, no inode
+    is freed)."""
     for number, maildir in enumerate(maildirs):
         for sub in ("new", "cur"):
             directory = maildir / sub

@@ -136,8 +136,8 @@ class Lab:
             path = path / part
             if not path.is_dir():
                 path.mkdir()
+                os.chmod(path, 0o755)
                 spread(path)
-            os.chmod(path, 0o755)
         return path
 
     def profile_file(self, name: str) -> Path | None:
@@ -154,14 +154,11 @@ class Lab:
     SETTLE = 75.0
 
     def settle(self) -> None:
-        """Wait until the files the previous benchmarks removed no longer slow file creation (:data:`SETTLE`).
+        """Wait until the inodes the previous benchmarks freed no longer slow file creation (:func:`spread`).
 
-        ext4 without a journal (this machine's root) skips every inode freed in
-        the last minute or more, with a look at its inode table block each, when
-        it creates a file in that block group; the relay benchmark frees one
-        spool or queue file per message, and the first emergency rounds after it
-        ran at half the speed of the later ones, for whichever side's tree ext4
-        had put in those groups. Not with ``--quick``.
+        The relay benchmark frees a spool or queue file per message; right after
+        it, the first emergency rounds ran at half the speed of the later ones.
+        Not with ``--quick``.
         """
         if self.quick or self._last_done is None:
             return
