@@ -72,6 +72,10 @@ class Agents:
         self._clock = clock
         self.intake = None  # set by the composition root (DSNs are spooled like any mail)
 
+    def withdraw_waiting(self) -> int:
+        """Cancel the deliveries waiting for a session to their upstream (see :class:`ConnectionPool`)."""
+        return self._pool.withdraw_waiting()
+
     async def upstream(self, domain: Domain, sender: str, entries: Sequence[QueueEntry],
                        message: bytes) -> list[Outcome]:
         result = await self._pool.deliver(str(domain.upstream), sender, [e.recipient for e in entries], message)

@@ -18,9 +18,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, DeferredSemaphore
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from continuity import tracking
 from continuity.config import Config
@@ -86,12 +87,18 @@ class QueueRunner(Service):
         """Start no more deliveries; the Deferred fires once those in flight have finished.
 
         Messages still waiting for a delivery slot are left in the queue for
-        the next start (they were not claimed, so nothing is lost or counted).
+        the next start (they were not claimed, so nothing is lost or counted);
+        so are those waiting for a session to their upstream (claimed: the next
+        start releases the claim, as after a crash), however long the queue.
         """
         super().stopService()
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
+        withdrawn = self._agents.withdraw_waiting()
+        if withdrawn:
+            self.log.info("stopping: {count} messages waiting for a session to their upstream stay queued",
+                          count=withdrawn)
         running = [d for d in (self._pass_running, self._removing, *self._deliveries) if d is not None]
         return DeferredList(running, consumeErrors=True) if running else None
 
@@ -137,7 +144,11 @@ class QueueRunner(Service):
         if queue_id in self._in_flight or not self.running:
             return
         d = self._start(queue_id, None, message, claimed)
-        d.addErrback(lambda f: self.log.failure("delivery of {queue_id} failed", f, queue_id=queue_id))
+        d.addErrback(self._failed, queue_id)
+
+    def _failed(self, failure: Failure, queue_id: str) -> None:
+        if not failure.check(CancelledError):  # withdrawn at the stop (stopService): it stays queued
+            self.log.failure("delivery of {queue_id} failed", failure, queue_id=queue_id)
 
     def _start(self, queue_id: str, entries: Sequence[QueueEntry] | None,
                message: tuple[str, bytes] | None = None, claimed: list | None = None) -> Deferred:
@@ -168,7 +179,7 @@ class QueueRunner(Service):
                 self._semaphore.release()
                 break
             d = self._start(queue_id, entries)
-            d.addErrback(lambda f: self.log.failure("delivery failed", f))
+            d.addErrback(self._failed, queue_id)
             d.addBoth(lambda _: self._semaphore.release())
             work.append(d)
         for d in work:

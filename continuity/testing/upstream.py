@@ -84,5 +84,9 @@ class ScriptedPool:
         self.deliveries.append(Delivery(upstream, sender, tuple(recipients), data, reply))
         return DeliveryResult(upstream, tuple(reply.for_recipient(r) for r in recipients), reply.stage)
 
+    def withdraw_waiting(self) -> int:
+        """No delivery waits for a session here (each answers from its script)."""
+        return 0
+
     async def close(self) -> None:
         return None

@@ -15,7 +15,7 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given
 from hypothesis import strategies as st
 from OpenSSL import SSL
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IOpenSSLContextFactory, IStreamClientEndpoint
@@ -805,6 +805,95 @@ def test_pool_close_quits_idle_connections():
     assert closed.called
 
 
+def _greet(transport: FakeTransport) -> None:
+    """Greet on ``transport`` and answer its EHLO (the pool's sessions, each on its own transport)."""
+    transport.protocol.dataReceived(b"220 up.example.test ESMTP\r\n")
+    assert _taken(transport) == b"EHLO mx.example.test\r\n"
+    transport.protocol.dataReceived(b"250-up.example.test\r\n250 PIPELINING\r\n")
+
+
+def _taken(transport: FakeTransport) -> bytes:
+    value = transport.value()
+    transport.clear()
+    return value
+
+
+def _transaction(transport: FakeTransport, recipient: bytes) -> None:
+    """Answer one pipelined transaction to ``recipient`` on ``transport`` with 250s."""
+    assert _taken(transport) == b"MAIL FROM:<sender@example.test>\r\nRCPT TO:<" + recipient + b">\r\n"
+    transport.protocol.dataReceived(b"250 Ok\r\n250 Ok\r\n")
+    assert _taken(transport) == b"DATA\r\n"
+    transport.protocol.dataReceived(b"354 Go\r\n")
+    _taken(transport)
+    transport.protocol.dataReceived(b"250 Ok\r\n")
+
+
+def _pool_deliveries(pool: ConnectionPool, count: int) -> list[Deferred[DeliveryResult]]:
+    return [Deferred.fromCoroutine(pool.deliver("up:25", SENDER, [f"{n}@example.test"], b"x\r\n"))
+            for n in range(count)]
+
+
+def test_pool_opens_at_most_max_sessions_and_the_next_message_waits_for_one():
+    """A burst beyond max_sessions opens no more sessions: the extra message goes on the first one freed."""
+    up = ScriptedEndpoint(Clock())
+    pool = _pool(up, max_sessions=2)
+    first, second, third = _pool_deliveries(pool, 3)
+    assert len(up.transports) == 2 and pool.sessions("up:25") == 2
+    one, two = up.transports
+    _greet(one)
+    _greet(two)
+    _transaction(two, b"1@example.test")
+    assert result_of(second).delivered and not third.called
+    _transaction(two, b"2@example.test")  # the waiting message took the session at once
+    assert result_of(third).delivered
+    _transaction(one, b"0@example.test")
+    assert result_of(first).delivered
+    assert (len(up.transports), pool.connections_opened, pool.sessions("up:25"), pool.idle("up:25")) == (2, 2, 2, 2)
+
+
+def test_pool_gives_the_waiting_messages_the_failure_of_opening_a_session():
+    """Opening a session fails: the messages waiting for one get that failure, no other session is tried."""
+    up = ScriptedEndpoint(Clock())
+    pool = _pool(up, max_sessions=1)
+    first, second, third = _pool_deliveries(pool, 3)
+    up.reply(b"421 4.3.2 Too busy, try later\r\n")
+    up.clock.advance(0)
+    for delivery in (first, second, third):
+        [result] = result_of(delivery).recipients
+        assert (result.code, result.stage, result.temporary) == (421, "greeting", True)
+    assert len(up.transports) == 1 and pool.sessions("up:25") == 0
+
+
+def test_a_waiting_message_opens_a_session_when_the_busy_one_is_closed():
+    """A session closed after max_transactions hands its turn on: the waiting message opens a new one."""
+    up = ScriptedEndpoint(Clock())
+    pool = _pool(up, max_sessions=1, max_transactions=1)
+    first, second = _pool_deliveries(pool, 2)
+    _greet(up.transports[0])
+    _transaction(up.transports[0], b"0@example.test")
+    assert result_of(first).delivered
+    assert _taken(up.transports[0]) == b"QUIT\r\n"
+    assert len(up.transports) == 2
+    _greet(up.transports[1])
+    _transaction(up.transports[1], b"1@example.test")
+    assert result_of(second).delivered
+
+
+def test_pool_close_withdraws_the_messages_waiting_for_a_session():
+    """close() while a message waits for a session: that delivery is cancelled (nothing was sent), the busy
+    one ends."""
+    up = ScriptedEndpoint(Clock())
+    pool = _pool(up, max_sessions=1)
+    first, second = _pool_deliveries(pool, 2)
+    second.addErrback(lambda failure: failure.trap(CancelledError) and "withdrawn")
+    Deferred.fromCoroutine(pool.close())
+    assert result_of(second) == "withdrawn"
+    _greet(up.transport)
+    _transaction(up.transport, b"0@example.test")
+    assert result_of(first).delivered
+    assert _taken(up.transport) == b"QUIT\r\n"
+
+
 def test_probe_requires_ehlo_250_without_helo_fallback():
     """The probe fails on an EHLO refusal instead of trying HELO."""
     up = ScriptedEndpoint(Clock())
@@ -989,6 +1078,23 @@ async def test_pool_sends_two_messages_over_one_connection(smtp_sink):
     assert pool.connections_opened == 1
     assert sink.wait_counters(sessions=1, messages=2) == {"sessions": 1, "quits": 1, "messages": 2}
     assert sorted(m.recipients for m in sink.messages(2)) == [("a@example.test",), ("b@example.test",)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_pool_sends_a_burst_over_at_most_max_sessions(smtp_sink):
+    """Thirty messages at once to a real sink travel over the five sessions the pool may open."""
+    from twisted.internet import reactor
+
+    sink = smtp_sink()
+    pool = ConnectionPool(clock=reactor, hostname=HOSTNAME, timeout=5, max_sessions=5,
+                          endpoint_factory=lambda upstream, timeout: _endpoint(sink.port, timeout))
+    results = await DeferredList([
+        Deferred.fromCoroutine(pool.deliver(sink.address, SENDER, [f"{n}@example.test"], b"Subject: x\r\n\r\nx\r\n"))
+        for n in range(30)])
+    await pool.close()
+    assert all(ok and result.delivered for ok, result in results)
+    assert pool.connections_opened == 5
+    assert sink.wait_counters(messages=30, sessions=5) == {"sessions": 5, "quits": 5, "messages": 30}
 
 
 @pytest_twisted.ensureDeferred
