@@ -587,7 +587,7 @@ async def deliver(
             target, hostname, clock=clock, timeout=timeout, tls=tls, upstream=upstream, run_in_thread=run_in_thread
         )
     except UpstreamError as failure:
-        result = DeliveryResult(upstream, tuple(failure.result_for(r) for r in recipients), failure.stage)
+        result = failure.delivery_result(upstream, recipients)
         SMTPConnection.log.info("{upstream}: {summary}", upstream=upstream, summary=result.summary)
         return result
     try:

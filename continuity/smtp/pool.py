@@ -130,7 +130,7 @@ class ConnectionPool:
             raise RuntimeError("the connection pool is closed")
         turn = await self._turn(upstream)
         if isinstance(turn, UpstreamError):
-            return _failed(upstream, turn, recipients)
+            return turn.delivery_result(upstream, recipients)
         connection = turn
         try:
             if connection is not None:
@@ -146,7 +146,7 @@ class ConnectionPool:
             except UpstreamError as failure:
                 for waiting in list(self._waiting.pop(upstream, ())):
                     waiting.callback(failure)
-                return _failed(upstream, failure, recipients)
+                return failure.delivery_result(upstream, recipients)
             return await self._send(connection, sender, recipients, message)
         finally:
             self._done(upstream, connection)
@@ -272,7 +272,3 @@ class ConnectionPool:
 
         quitting.addErrback(lambda failure: self.log.failure("closing a session failed", failure))
         quitting.addBoth(done)
-
-
-def _failed(upstream: str, failure: UpstreamError, recipients: Sequence[str]) -> DeliveryResult:
-    return DeliveryResult(upstream, tuple(failure.result_for(r) for r in recipients), failure.stage)

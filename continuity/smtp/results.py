@@ -9,6 +9,8 @@ travels inside :mod:`continuity.smtp.client` before it becomes results.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import attrs
 
 from continuity.errors import DeliveryError
@@ -127,6 +129,10 @@ class UpstreamError(DeliveryError):
 
     def result_for(self, recipient: str) -> RecipientResult:
         return RecipientResult(recipient, self.code, self.enhanced, self.message, self.stage, self.reply is not None)
+
+    def delivery_result(self, upstream: str, recipients: Sequence[str]) -> DeliveryResult:
+        """This failure as every recipient's outcome (the session failed before the transaction)."""
+        return DeliveryResult(upstream, tuple(self.result_for(r) for r in recipients), self.stage)
 
     def __str__(self) -> str:
         if self.reply is not None:

@@ -199,20 +199,22 @@ class ScriptedEndpoint:
     def transport(self) -> FakeTransport:
         return self.transports[-1]
 
-    def sent(self) -> bytes:
-        """What the client wrote since the last call."""
-        value = self.transport.value()
-        self.transport.clear()
+    def sent(self, transport: FakeTransport | None = None) -> bytes:
+        """What the client wrote since the last call (on ``transport``; default: the latest)."""
+        transport = transport or self.transport
+        value = transport.value()
+        transport.clear()
         return value
 
-    def reply(self, data: bytes) -> None:
-        self.transport.protocol.dataReceived(data)
+    def reply(self, data: bytes, transport: FakeTransport | None = None) -> None:
+        (transport or self.transport).protocol.dataReceived(data)
 
-    def greet(self, ehlo: bytes = b"250-up.example.test\r\n250 PIPELINING\r\n") -> None:
+    def greet(self, ehlo: bytes = b"250-up.example.test\r\n250 PIPELINING\r\n",
+              transport: FakeTransport | None = None) -> None:
         """Greeting and EHLO reply."""
-        self.reply(b"220 up.example.test ESMTP\r\n")
-        assert self.sent() == b"EHLO mx.example.test\r\n"
-        self.reply(ehlo)
+        self.reply(b"220 up.example.test ESMTP\r\n", transport)
+        assert self.sent(transport) == b"EHLO mx.example.test\r\n"
+        self.reply(ehlo, transport)
 
 
 def _deliver(endpoint, recipients=("a@example.test",), message=b"hi\r\n", **options) -> Deferred[DeliveryResult]:
@@ -805,27 +807,14 @@ def test_pool_close_quits_idle_connections():
     assert closed.called
 
 
-def _greet(transport: FakeTransport) -> None:
-    """Greet on ``transport`` and answer its EHLO (the pool's sessions, each on its own transport)."""
-    transport.protocol.dataReceived(b"220 up.example.test ESMTP\r\n")
-    assert _taken(transport) == b"EHLO mx.example.test\r\n"
-    transport.protocol.dataReceived(b"250-up.example.test\r\n250 PIPELINING\r\n")
-
-
-def _taken(transport: FakeTransport) -> bytes:
-    value = transport.value()
-    transport.clear()
-    return value
-
-
-def _transaction(transport: FakeTransport, recipient: bytes) -> None:
-    """Answer one pipelined transaction to ``recipient`` on ``transport`` with 250s."""
-    assert _taken(transport) == b"MAIL FROM:<sender@example.test>\r\nRCPT TO:<" + recipient + b">\r\n"
-    transport.protocol.dataReceived(b"250 Ok\r\n250 Ok\r\n")
-    assert _taken(transport) == b"DATA\r\n"
-    transport.protocol.dataReceived(b"354 Go\r\n")
-    _taken(transport)
-    transport.protocol.dataReceived(b"250 Ok\r\n")
+def _transaction(up: ScriptedEndpoint, transport: FakeTransport, recipient: bytes) -> None:
+    """Answer one pipelined transaction to ``recipient`` on ``transport`` (one of the pool's sessions)."""
+    assert up.sent(transport) == b"MAIL FROM:<sender@example.test>\r\nRCPT TO:<" + recipient + b">\r\n"
+    up.reply(b"250 Ok\r\n250 Ok\r\n", transport)
+    assert up.sent(transport) == b"DATA\r\n"
+    up.reply(b"354 Go\r\n", transport)
+    up.sent(transport)
+    up.reply(b"250 Ok\r\n", transport)
 
 
 def _pool_deliveries(pool: ConnectionPool, count: int) -> list[Deferred[DeliveryResult]]:
@@ -840,13 +829,13 @@ def test_pool_opens_at_most_max_sessions_and_the_next_message_waits_for_one():
     first, second, third = _pool_deliveries(pool, 3)
     assert len(up.transports) == 2 and pool.sessions("up:25") == 2
     one, two = up.transports
-    _greet(one)
-    _greet(two)
-    _transaction(two, b"1@example.test")
+    up.greet(transport=one)
+    up.greet(transport=two)
+    _transaction(up, two, b"1@example.test")
     assert result_of(second).delivered and not third.called
-    _transaction(two, b"2@example.test")  # the waiting message took the session at once
+    _transaction(up, two, b"2@example.test")  # the waiting message took the session at once
     assert result_of(third).delivered
-    _transaction(one, b"0@example.test")
+    _transaction(up, one, b"0@example.test")
     assert result_of(first).delivered
     assert (len(up.transports), pool.connections_opened, pool.sessions("up:25"), pool.idle("up:25")) == (2, 2, 2, 2)
 
@@ -869,13 +858,13 @@ def test_a_waiting_message_opens_a_session_when_the_busy_one_is_closed():
     up = ScriptedEndpoint(Clock())
     pool = _pool(up, max_sessions=1, max_transactions=1)
     first, second = _pool_deliveries(pool, 2)
-    _greet(up.transports[0])
-    _transaction(up.transports[0], b"0@example.test")
+    up.greet(transport=up.transports[0])
+    _transaction(up, up.transports[0], b"0@example.test")
     assert result_of(first).delivered
-    assert _taken(up.transports[0]) == b"QUIT\r\n"
+    assert up.sent(up.transports[0]) == b"QUIT\r\n"
     assert len(up.transports) == 2
-    _greet(up.transports[1])
-    _transaction(up.transports[1], b"1@example.test")
+    up.greet(transport=up.transports[1])
+    _transaction(up, up.transports[1], b"1@example.test")
     assert result_of(second).delivered
 
 
@@ -888,10 +877,10 @@ def test_pool_close_withdraws_the_messages_waiting_for_a_session():
     second.addErrback(lambda failure: failure.trap(CancelledError) and "withdrawn")
     Deferred.fromCoroutine(pool.close())
     assert result_of(second) == "withdrawn"
-    _greet(up.transport)
-    _transaction(up.transport, b"0@example.test")
+    up.greet()
+    _transaction(up, up.transport, b"0@example.test")
     assert result_of(first).delivered
-    assert _taken(up.transport) == b"QUIT\r\n"
+    assert up.sent() == b"QUIT\r\n"
 
 
 def test_probe_requires_ehlo_250_without_helo_fallback():
