@@ -11,12 +11,15 @@ recovery works from) a moment later, in a commit shared with other messages'
 (:meth:`~continuity.db.SQLThread.run_batched`): half the fsyncs and a fifth
 of the thread trips of the spool path.
 
-The routes are read fresh from the store on the I/O worker that writes the
-copies. An answer of the SMTP policies' one-second cache could be from before
-a switch back to normal mode, and a copy delivered after the recovery listed
-the INBOX would wait there for the next one. Anything else - a domain in
-another mode, a held or uncovered user, an outside recipient - is left to the
-spool (:meth:`DirectDelivery.deliver` answers False, having written nothing).
+The caller (the SMTP policy) routes each recipient from its directory
+cache; only the mode can have changed since in a way that matters, and that
+is checked at the write, under the domain's emergency mark
+(:class:`~continuity.directory.fence.EmergencyFence`): a domain that has
+left emergency mode gets no copy, and leaving waits for the copies being
+written, so recovery, which lists the INBOX after the switch, finds every
+one. A domain no longer in emergency mode, like a copy that fails first, is
+left to the spool (:meth:`DirectDelivery.deliver` answers None, having
+written nothing), whose runner routes from the store.
 
 A crash after a copy is written and before its tracking rows commit costs a
 duplicate when the client sends again (it had no ``250``), as a crash of the
@@ -42,8 +45,6 @@ from twisted.logger import Logger
 from continuity import tracking
 from continuity.db import SQLThread
 from continuity.delivery.agents import deliver_copy
-from continuity.delivery.router import Route
-from continuity.delivery.runner import current_route
 from continuity.directory.store import Directory
 from continuity.envelope import parse_address
 from continuity.mailstore import MaildirStore
@@ -68,17 +69,17 @@ class DirectDelivery:
         #: tracking rows to the service process instead of writing them here (:meth:`record` there).
         self.hand_over: Callable[..., None] | None = None
 
-    async def deliver(self, *, queue_id: str, sender: str, recipients: Sequence[str], chunks: Sequence[bytes],
-                      client: str | None, message_id: str | None) -> list[str] | None:
-        """Deliver to every recipient's continuity mailbox and track the copies.
+    async def deliver(self, *, queue_id: str, sender: str, copies: Sequence[tuple[str, str]],
+                      chunks: Sequence[bytes], client: str | None, message_id: str | None) -> list[str] | None:
+        """Deliver a copy of the message for each ``(recipient, mailbox address)`` of ``copies`` and track them.
 
-        Returns None when nothing was written (a recipient goes elsewhere, or the
-        first copy failed): the spool takes the whole message. Otherwise the
-        recipients the spool must still take: none, or those from a copy that
-        failed on (its runner retries them), so that a client sending again after
-        a 4xx never duplicates the copies already written.
+        ``copies`` has every recipient of the message, each routed to a continuity mailbox (aliases
+        resolved). Returns None when nothing was written (a recipient's domain is no longer in emergency
+        mode, or the first copy failed): the spool takes the whole message. Otherwise the recipients the
+        spool must still take: none, or those from a copy that failed on (its runner retries them), so that
+        a client sending again after a 4xx never duplicates the copies already written.
         """
-        written, left = await self._io(self._write_copies, queue_id, sender, recipients, chunks)
+        written, left = await self._io(self._write_copies, queue_id, sender, copies, chunks)
         if not written:
             return None
         if self.hand_over is not None:
@@ -92,26 +93,23 @@ class DirectDelivery:
                           address=mailbox)
         return left
 
-    def _write_copies(self, queue_id: str, sender: str, recipients: Sequence[str],
+    def _write_copies(self, queue_id: str, sender: str, copies: Sequence[tuple[str, str]],
                       chunks: Sequence[bytes]) -> tuple[list[Copy], list[str]]:
-        """On an I/O worker: the routes as the store has them now; if all are mailboxes, each copy, fsync'ed."""
-        mailboxes = []
-        domains: dict = {}
-        for recipient in recipients:
-            decision, _ = current_route(self._directory, parse_address(recipient).domain, recipient, domains)
-            if decision.route is not Route.MAILBOX:
-                return [], list(recipients)
-            mailboxes.append((recipient, decision.mailbox))
-        written: list[Copy] = []
-        for number, (recipient, mailbox) in enumerate(mailboxes):
-            try:
-                base = deliver_copy(self._mailstore, mailbox, sender, recipient, chunks)
-            except Exception:
-                self.log.failure("{queue_id}: writing the copy for {address} failed; the spool takes it and the"
-                                 " rest", queue_id=queue_id, address=mailbox)
-                return written, list(recipients[number:])
-            written.append((recipient, mailbox, base))
-        return written, []
+        """On an I/O worker: each copy, fsync'ed, if every recipient's domain is in emergency mode now."""
+        recipients = [recipient for recipient, _ in copies]
+        with self._directory.fence.writing(parse_address(r).domain for r in recipients) as emergency:
+            if not emergency:
+                return [], recipients
+            written: list[Copy] = []
+            for number, (recipient, mailbox) in enumerate(copies):
+                try:
+                    base = deliver_copy(self._mailstore, mailbox, sender, recipient, chunks)
+                except Exception:
+                    self.log.failure("{queue_id}: writing the copy for {address} failed; the spool takes it and"
+                                     " the rest", queue_id=queue_id, address=mailbox)
+                    return written, recipients[number:]
+                written.append((recipient, mailbox, base))
+            return written, []
 
     def record(self, queue_id: str, message_id: str | None, sender: str, client: str | None, now: float,
                copies: Sequence[Copy]) -> "Deferred[None]":

@@ -10,6 +10,7 @@ service's :class:`~continuity.db.SQLThread`.
 from __future__ import annotations
 
 import ipaddress
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from collections.abc import Callable
 import attrs
 
 from continuity.db import Database
+from continuity.directory.fence import EmergencyFence
 from continuity.directory.passwords import (
     DEFAULT_POLICY,
     PasswordPolicy,
@@ -148,6 +150,8 @@ class Directory:
         self.db = db
         self._clock = clock
         self.verified = verified if verified is not None else VerifiedPasswords()
+        #: Each domain's emergency mode as direct delivery reads it, beside the store (kept by :meth:`set_mode`).
+        self.fence = EmergencyFence(os.path.join(os.path.dirname(os.path.abspath(db.path)), "emergency"))
 
     # -- domains ---------------------------------------------------------
 
@@ -236,9 +240,14 @@ class Directory:
                          "(SELECT address FROM users WHERE domain = ?)", (name, name))
             conn.execute("DELETE FROM users WHERE domain = ?", (name,))
             conn.execute("DELETE FROM domains WHERE name = ?", (name,))
+        self.fence.mark(name, False)
 
     def set_mode(self, name: str, mode: str, reason: str, automatic: bool) -> ModeChange | None:
-        """Switch the domain's mode and record the change; None when it was already in ``mode``."""
+        """Switch the domain's mode and record the change; None when it was already in ``mode``.
+
+        Then the domain's emergency mark (:class:`~continuity.directory.fence.EmergencyFence`): leaving
+        emergency mode returns only once no continuity mailbox copy is being written for the domain.
+        """
         _check_choice("mode", mode, MODES)
         now = self._clock()
         with self.db.transaction() as conn:
@@ -253,6 +262,7 @@ class Directory:
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 (name, now, row["mode"], mode, reason, int(automatic)),
             )
+        self.fence.mark(name, mode == "emergency")
         return ModeChange(name, now, row["mode"], mode, reason, automatic)
 
     def set_health(self, name: str, health: str, detail: str | None = None) -> None:

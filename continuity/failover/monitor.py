@@ -99,7 +99,7 @@ class FailoverMonitor(Service):
 
     async def _poll(self) -> None:
         generations = dict(self._mode_generation)
-        domains = await self._sql.run(self._directory.list_domains)
+        domains = await self._sql.run(self._domains_fenced)
         self._domains = {d.name: d for d in domains}
         for name in list(self.machines):
             if name not in self._domains:
@@ -118,6 +118,13 @@ class FailoverMonitor(Service):
                 if now >= self._next_probe.get(domain.name, 0) and domain.name not in self._busy:
                     self._next_probe[domain.name] = now + self._probe_interval
                     self._spawn(domain.name, self._probe_once(domain))
+
+    def _domains_fenced(self) -> list[Domain]:
+        """On the SQL thread: the domains, with their emergency marks made to agree (a switch committed by
+        ``continuityctl`` is fenced before this poll acts on it, e.g. by starting a recovery)."""
+        domains = self._directory.list_domains()
+        self._directory.fence.agree({d.name: d.mode for d in domains})
+        return domains
 
     def _spawn(self, name: str, coroutine) -> None:
         self._busy.add(name)

@@ -24,6 +24,7 @@ from continuity.config import Config
 from continuity.counters import ConnectionCounter
 from continuity.db import SQLThread
 from continuity.delivery.direct import DirectDelivery
+from continuity.delivery.router import Route, route
 from continuity.directory.cache import DirectoryCache
 from continuity.envelope import Address, Envelope, message_id_of
 from continuity.smtp.codes import SMTPReply
@@ -161,9 +162,12 @@ class InboundPolicy:
         direction, directions = directions_of(envelope.recipients, hosted)
         header = trace_header(session, queue_id, recipients, self._clock.seconds())
         sender = str(envelope.sender) if envelope.sender else ""
-        if self._direct is not None and direction == "inbound" and await self._all_in_emergency(hosted):
-            # Straight into the continuity mailboxes, if the store agrees that is where all of it goes.
-            left = await self._direct.deliver(queue_id=queue_id, sender=sender, recipients=recipients,
+        copies = None
+        if self._direct is not None and direction == "inbound":
+            copies = await self._mailbox_copies(envelope.recipients)
+        if copies is not None:
+            # Straight into the continuity mailboxes, if the domains are still in emergency mode at the write.
+            left = await self._direct.deliver(queue_id=queue_id, sender=sender, copies=copies,
                                               chunks=[header, data], client=session.peer_ip,
                                               message_id=message_id_of(data))
             if left is not None:
@@ -179,12 +183,16 @@ class InboundPolicy:
         # Logged by the server with its reply: "<session> from=<...> nrcpt=N size=N: 250 ... queued as <id>".
         return queue_id
 
-    async def _all_in_emergency(self, domains: set[str]) -> bool:
-        for name in domains:
-            domain = await self._directory.domain(name)
-            if domain is None or domain.mode != "emergency":
-                return False
-        return True
+    async def _mailbox_copies(self, recipients: tuple[Address, ...]) -> list[tuple[str, str]] | None:
+        """Each recipient with its continuity mailbox, as the directory cache routes it; None if one goes
+        anywhere else (the spool takes the message)."""
+        copies = []
+        for recipient in recipients:
+            decision = route(*await self._directory.recipient(recipient))
+            if decision.route is not Route.MAILBOX:
+                return None
+            copies.append((str(recipient), decision.mailbox))
+        return copies
 
     def authenticate(self, session: Session, mechanism: str, username: str, password: str):
         return None

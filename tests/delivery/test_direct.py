@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from twisted.internet.defer import Deferred
 
 from support import UPSTREAM, DeliveryStack, stack  # noqa: F401 (fixture)
@@ -13,12 +15,14 @@ MESSAGE = b"Subject: hello\r\nMessage-ID: <d1@sender.example>\r\n\r\nHi.\r\n"
 
 
 def deliver(stack: DeliveryStack, recipients: list[str], queue_id: str = "0660E9766B72C6F0B5B8",
-            hand_over=None) -> list | None:
+            hand_over=None, mailboxes: dict[str, str] | None = None) -> list | None:
+    """Deliver to ``recipients``, each to its own mailbox unless ``mailboxes`` (alias -> user) says otherwise."""
     direct = DirectDelivery(stack.clock, stack.sql, stack.io, stack.directory, stack.mailstore)
     direct.hand_over = hand_over
+    copies = [(r, (mailboxes or {}).get(r, r)) for r in recipients]
     results: list = []
     Deferred.fromCoroutine(direct.deliver(
-        queue_id=queue_id, sender="alice@sender.example", recipients=recipients,
+        queue_id=queue_id, sender="alice@sender.example", copies=copies,
         chunks=[b"Received: by us\r\n", MESSAGE], client="192.0.2.1", message_id="<d1@sender.example>",
     )).addBoth(results.append)
     assert results and (results[0] is None or isinstance(results[0], list)), results
@@ -33,7 +37,7 @@ def emergency(stack: DeliveryStack, **settings) -> None:
 def test_every_copy_goes_to_its_mailbox_with_tracking_and_no_spool(stack):
     emergency(stack, users=["bob@example.com", "carol@example.com"])
     stack.directory.add_alias("carol@example.com", "sales@example.com")
-    assert deliver(stack, ["bob@example.com", "sales@example.com"]) == []
+    assert deliver(stack, ["bob@example.com", "sales@example.com"], mailboxes={"sales@example.com": "carol@example.com"}) == []
     (bob,) = stack.inbox("bob@example.com")
     assert bob == (b"Return-Path: <alice@sender.example>\r\nDelivered-To: bob@example.com\r\n"
                    b"Received: by us\r\n" + MESSAGE)
@@ -45,20 +49,42 @@ def test_every_copy_goes_to_its_mailbox_with_tracking_and_no_spool(stack):
     assert list(stack.spool.queue_ids()) == [] and stack.index.known_queue_ids() == set()
 
 
-def test_nothing_is_written_unless_every_copy_goes_to_a_mailbox(stack):
-    """An uncovered user's copy is held for recovery by the spool path: the whole message takes it."""
-    emergency(stack, users=["bob@example.com", "carol@example.com"])
-    stack.directory.exclude("carol@example.com")
-    assert deliver(stack, ["bob@example.com", "carol@example.com"]) is None
-    assert deliver(stack, ["bob@example.com", "nobody@elsewhere.example"]) is None
+def test_nothing_is_written_unless_every_recipient_domain_is_in_emergency_mode(stack):
+    """The caller routed from a cache; the domain's emergency mark at the write has the last word."""
+    emergency(stack, users=["bob@example.com"])
+    stack.directory.add_domain("other.example", "smtp.other.example:25")
+    assert deliver(stack, ["bob@example.com", "ann@other.example"]) is None
     assert stack.inbox("bob@example.com") == [] and stack.tracking("bob@example.com") == []
 
 
-def test_the_store_decides_not_the_caller(stack):
-    """In normal mode (say, recovery just finished) nothing is delivered to a mailbox."""
+def test_the_mode_at_the_write_decides_not_the_caller(stack):
+    """In normal mode, or once recovery began, nothing is delivered to a mailbox: the spool takes it."""
     stack.domain()
     assert deliver(stack, ["bob@example.com"]) is None
+    stack.directory.set_mode("example.com", "emergency", "continuityctl emergency start", automatic=False)
+    stack.directory.set_mode("example.com", "recovering", "continuityctl emergency stop", automatic=False)
+    assert deliver(stack, ["bob@example.com"]) is None
     assert stack.inbox("bob@example.com") == []
+
+
+def test_leaving_emergency_mode_waits_for_the_copy_being_written(stack):
+    """A switch that lands while a copy is written returns only after it: recovery's listing then has it."""
+    emergency(stack)
+    switched = threading.Event()
+
+    def switch() -> None:
+        stack.directory.set_mode("example.com", "recovering", "continuityctl emergency stop", automatic=False)
+        switched.set()
+
+    with stack.directory.fence.writing(["example.com"]) as writing:
+        assert writing
+        switcher = threading.Thread(target=switch)
+        switcher.start()
+        assert not switched.wait(0.3)  # the copy under way holds the switch's mark back
+        mode = stack.directory.get_domain("example.com").mode
+    switcher.join(10)
+    assert switched.is_set() and mode == "recovering"  # the store had switched; the mark waited
+    assert not stack.directory.fence.says_emergency("example.com")
 
 
 def test_recovery_redelivers_and_tracks_directly_delivered_mail(stack):

@@ -97,6 +97,21 @@ def test_mode_change_in_the_store_is_noticed_within_two_seconds(stack):
     assert stack.monitor.machines["example.com"].mode == "normal"
 
 
+def test_a_poll_fences_a_switch_another_process_committed_before_its_mark(stack):
+    """continuityctl commits "recovering" and dies before its mark: the next poll clears the mark (waiting for
+    a copy under way) before the service acts on the mode, so no continuity copy is written after it."""
+    stack.domain(activation="manual")
+    stack.directory.set_mode("example.com", "emergency", "continuityctl emergency start", automatic=False)
+    stack.clock.advance(1)
+    assert stack.directory.fence.says_emergency("example.com")
+    with stack.directory.db.transaction() as conn:  # the switch without its mark
+        conn.execute("UPDATE domains SET mode = 'recovering' WHERE name = 'example.com'")
+    assert stack.directory.fence.says_emergency("example.com")
+    stack.clock.advance(1)
+    assert not stack.directory.fence.says_emergency("example.com")
+    assert stack.monitor.machines["example.com"].mode != "emergency"
+
+
 def test_a_restart_resumes_an_interrupted_recovery(tmp_path):
     """A monitor starting on a store that says recovering runs the recovery (a crash mid-way)."""
     first = DeliveryStack(tmp_path)

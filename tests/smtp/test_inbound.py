@@ -150,6 +150,23 @@ def test_in_emergency_mail_for_mailboxes_skips_the_spool(stack):
     assert list(stack.spool.queue_ids()) == []
 
 
+def test_in_emergency_a_held_recipient_sends_the_whole_message_through_the_spool(stack):
+    """Direct delivery only when every recipient is routed to a mailbox: carol is excluded (held until
+    recovery), so bob's copy too comes from the spool, once, with carol's held beside it."""
+    emergency(stack)
+    stack.directory.exclude("carol@example.com")
+    session = Session(factory(stack, direct=True))
+    session.rcpt("bob@example.com")
+    session.send(b"RCPT TO:<carol@example.com>\r\n")
+    session.send(b"DATA\r\n")
+    reply = session.send(b"Subject: hi\r\n\r\nhello\r\n.\r\n")[-1]
+    assert reply.startswith("250 2.0.0 Ok: queued as ")
+    queue_id = reply.rsplit(" ", 1)[1]
+    entries = {entry.recipient: entry.state for entry in stack.queue(queue_id)}
+    assert entries == {"bob@example.com": "done", "carol@example.com": "held"}
+    assert len(stack.inbox("bob@example.com")) == 1
+
+
 def test_a_direct_copy_that_fails_sends_the_rest_through_the_spool_and_still_answers_250(stack, monkeypatch):
     """bob's copy is written, carol's mailbox fails: the 250 still comes, carol's copy is the spool's to retry."""
     emergency(stack)
