@@ -11,15 +11,16 @@ recovery works from) a moment later, in a commit shared with other messages'
 (:meth:`~continuity.db.SQLThread.run_batched`): half the fsyncs and a fifth
 of the thread trips of the spool path.
 
-The caller (the SMTP policy) routes each recipient from its directory
-cache; only the mode can have changed since in a way that matters, and that
-is checked at the write, under the domain's emergency mark
+The caller (the SMTP policy) routes each recipient from its one-second
+directory cache, as it answered RCPT. What must be current at the write is
+the mode, and that is checked under the domain's emergency mark
 (:class:`~continuity.directory.fence.EmergencyFence`): a domain that has
 left emergency mode gets no copy, and leaving waits for the copies being
 written, so recovery, which lists the INBOX after the switch, finds every
-one. A domain no longer in emergency mode, like a copy that fails first, is
-left to the spool (:meth:`DirectDelivery.deliver` answers None, having
-written nothing), whose runner routes from the store.
+one. A user removed or excluded within that second may still get the copy
+RCPT accepted for them. A domain no longer in emergency mode, like a copy
+that fails first, is left to the spool (:meth:`DirectDelivery.deliver`
+answers None, having written nothing), whose runner routes from the store.
 
 A crash after a copy is written and before its tracking rows commit costs a
 duplicate when the client sends again (it had no ``250``), as a crash of the

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 
 import attrs
+from twisted.logger import Logger
 
 from continuity.db import Database
 from continuity.directory.fence import EmergencyFence
@@ -145,6 +146,8 @@ def _domain(row: sqlite3.Row) -> Domain:
 class Directory:
     """Domains, users and aliases in a :class:`~continuity.db.Database`."""
 
+    log = Logger()
+
     def __init__(self, db: Database, clock: Callable[[], float] = time.time,
                  verified: VerifiedPasswords | None = None):
         self.db = db
@@ -233,6 +236,7 @@ class Directory:
     def remove_domain(self, name: str) -> None:
         """Remove the domain with its users and aliases (callers check queued/stored mail)."""
         name = normalise_domain(name)
+        self.fence.close_gate(name)
         with self.db.transaction() as conn:
             if not conn.execute("SELECT 1 FROM domains WHERE name = ?", (name,)).fetchone():
                 raise NotFound(f"no such domain: {name}")
@@ -240,30 +244,43 @@ class Directory:
                          "(SELECT address FROM users WHERE domain = ?)", (name, name))
             conn.execute("DELETE FROM users WHERE domain = ?", (name,))
             conn.execute("DELETE FROM domains WHERE name = ?", (name,))
-        self.fence.mark(name, False)
 
     def set_mode(self, name: str, mode: str, reason: str, automatic: bool) -> ModeChange | None:
         """Switch the domain's mode and record the change; None when it was already in ``mode``.
 
-        Then the domain's emergency mark (:class:`~continuity.directory.fence.EmergencyFence`): leaving
-        emergency mode returns only once no continuity mailbox copy is being written for the domain.
+        With the domain's emergency mark (:class:`~continuity.directory.fence.EmergencyFence`): out of
+        emergency mode, the mark is emptied first and this returns only once no continuity mailbox copy
+        is being written for the domain (an ``OSError`` there leaves the mode as it was); into it, the mark
+        is filled after the write. Both also when the mode was already ``mode``.
         """
         _check_choice("mode", mode, MODES)
         now = self._clock()
+        if mode != "emergency":
+            self.fence.close_gate(name)
+        change = None
         with self.db.transaction() as conn:
             row = conn.execute("SELECT mode FROM domains WHERE name = ?", (name,)).fetchone()
             if row is None:
                 raise NotFound(f"no such domain: {name}")
-            if row["mode"] == mode:
-                return None
-            conn.execute("UPDATE domains SET mode = ?, mode_since = ? WHERE name = ?", (mode, now, name))
-            conn.execute(
-                "INSERT INTO mode_changes (domain, time, old_mode, new_mode, reason, automatic)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (name, now, row["mode"], mode, reason, int(automatic)),
-            )
-        self.fence.mark(name, mode == "emergency")
-        return ModeChange(name, now, row["mode"], mode, reason, automatic)
+            if row["mode"] != mode:
+                conn.execute("UPDATE domains SET mode = ?, mode_since = ? WHERE name = ?", (mode, now, name))
+                conn.execute(
+                    "INSERT INTO mode_changes (domain, time, old_mode, new_mode, reason, automatic)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (name, now, row["mode"], mode, reason, int(automatic)),
+                )
+                change = ModeChange(name, now, row["mode"], mode, reason, automatic)
+        if mode == "emergency":
+            try:
+                self.fence.open_gate(name, lambda: self.mode_of(name) == "emergency")
+            except OSError as error:  # the spool path takes the domain's mail until the monitor's next poll
+                self.log.error("emergency mark of {domain} cannot be set: {error}", domain=name, error=error)
+        return change
+
+    def mode_of(self, name: str) -> str | None:
+        """The domain's mode as this thread's connection sees it (its own transaction's writes too)."""
+        rows = self.db.read("SELECT mode FROM domains WHERE name = ?", (normalise_domain(name),))
+        return rows[0][0] if rows else None
 
     def set_health(self, name: str, health: str, detail: str | None = None) -> None:
         _check_choice("health", health, ("ok", "failing", "unknown"))

@@ -99,13 +99,15 @@ class FailoverMonitor(Service):
 
     async def _poll(self) -> None:
         generations = dict(self._mode_generation)
-        domains = await self._sql.run(self._domains_fenced)
+        domains, unfenced = await self._sql.run(self._domains_fenced)
         self._domains = {d.name: d for d in domains}
         for name in list(self.machines):
             if name not in self._domains:
                 del self.machines[name]
         now = self._reactor.seconds()
         for domain in domains:
+            if domain.name in unfenced:
+                continue  # its emergency mark disagrees with its mode: not acted on until it agrees
             machine = self.machines.get(domain.name)
             if machine is None:
                 # Resume where the store says we were (after a restart, too).
@@ -119,12 +121,12 @@ class FailoverMonitor(Service):
                     self._next_probe[domain.name] = now + self._probe_interval
                     self._spawn(domain.name, self._probe_once(domain))
 
-    def _domains_fenced(self) -> list[Domain]:
+    def _domains_fenced(self) -> tuple[list[Domain], set[str]]:
         """On the SQL thread: the domains, with their emergency marks made to agree (a switch committed by
-        ``continuityctl`` is fenced before this poll acts on it, e.g. by starting a recovery)."""
+        ``continuityctl`` is fenced before this poll acts on it, e.g. by starting a recovery); a domain whose
+        mark could not be (the second item) is not acted on in this poll."""
         domains = self._directory.list_domains()
-        self._directory.fence.agree({d.name: d.mode for d in domains})
-        return domains
+        return domains, set(self._directory.fence.agree({d.name: d.mode for d in domains}, self._directory.mode_of))
 
     def _spawn(self, name: str, coroutine) -> None:
         self._busy.add(name)

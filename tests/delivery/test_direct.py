@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 from twisted.internet.defer import Deferred
 
 from support import UPSTREAM, DeliveryStack, stack  # noqa: F401 (fixture)
@@ -37,7 +38,8 @@ def emergency(stack: DeliveryStack, **settings) -> None:
 def test_every_copy_goes_to_its_mailbox_with_tracking_and_no_spool(stack):
     emergency(stack, users=["bob@example.com", "carol@example.com"])
     stack.directory.add_alias("carol@example.com", "sales@example.com")
-    assert deliver(stack, ["bob@example.com", "sales@example.com"], mailboxes={"sales@example.com": "carol@example.com"}) == []
+    assert deliver(stack, ["bob@example.com", "sales@example.com"],
+                   mailboxes={"sales@example.com": "carol@example.com"}) == []
     (bob,) = stack.inbox("bob@example.com")
     assert bob == (b"Return-Path: <alice@sender.example>\r\nDelivered-To: bob@example.com\r\n"
                    b"Received: by us\r\n" + MESSAGE)
@@ -67,23 +69,62 @@ def test_the_mode_at_the_write_decides_not_the_caller(stack):
     assert stack.inbox("bob@example.com") == []
 
 
-def test_leaving_emergency_mode_waits_for_the_copy_being_written(stack):
-    """A switch that lands while a copy is written returns only after it: recovery's listing then has it."""
+def test_leaving_emergency_mode_waits_for_the_copy_being_written(stack, monkeypatch):
+    """A switch that lands while a copy is written returns only once it is in the INBOX (recovery's listing
+    then has it), and no copy is written after it."""
     emergency(stack)
+    deliver_one = stack.mailstore.deliver
+    writing, finish = threading.Event(), threading.Event()
+
+    def slow(address, message, *args, **kwargs):
+        writing.set()
+        finish.wait(10)
+        return deliver_one(address, message, *args, **kwargs)
+
+    monkeypatch.setattr(stack.mailstore, "deliver", slow)
+    direct = DirectDelivery(stack.clock, stack.sql, stack.io, stack.directory, stack.mailstore)
+    results: list = []
+    copies = [("bob@example.com", "bob@example.com")]
+    writer = threading.Thread(target=lambda: results.append(
+        direct._write_copies("0660E9766B72C6F0B5B8", "alice@sender.example", copies, [MESSAGE])))
+    writer.start()
+    assert writing.wait(10)
     switched = threading.Event()
-
-    def switch() -> None:
-        stack.directory.set_mode("example.com", "recovering", "continuityctl emergency stop", automatic=False)
-        switched.set()
-
-    with stack.directory.fence.writing(["example.com"]) as writing:
-        assert writing
-        switcher = threading.Thread(target=switch)
-        switcher.start()
-        assert not switched.wait(0.3)  # the copy under way holds the switch's mark back
-        mode = stack.directory.get_domain("example.com").mode
+    switcher = threading.Thread(target=lambda: (stack.directory.set_mode(
+        "example.com", "recovering", "continuityctl emergency stop", automatic=False), switched.set()))
+    switcher.start()
+    assert not switched.wait(0.3)  # the copy under way holds the switch back
+    assert stack.inbox("bob@example.com") == []
+    finish.set()
     switcher.join(10)
-    assert switched.is_set() and mode == "recovering"  # the store had switched; the mark waited
+    writer.join(10)
+    assert switched.is_set() and len(stack.inbox("bob@example.com")) == 1
+    assert direct._write_copies("0660E9766B72C6F0B5B9", "alice@sender.example", copies, [MESSAGE]) == (
+        [], ["bob@example.com"])
+    assert len(stack.inbox("bob@example.com")) == 1
+
+
+def test_a_mark_that_cannot_be_emptied_leaves_the_domain_in_emergency_mode(stack, monkeypatch):
+    """Leaving emergency mode fences first: if that fails, the switch is refused and nothing is stranded."""
+    emergency(stack)
+
+    def broken(domain):
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(stack.directory.fence, "close_gate", broken)
+    with pytest.raises(OSError):
+        stack.directory.set_mode("example.com", "recovering", "continuityctl emergency stop", automatic=False)
+    assert stack.directory.get_domain("example.com").mode == "emergency"
+
+
+def test_a_switch_already_in_the_store_still_closes_the_gate(stack):
+    """continuityctl committed "recovering" and died before its mark: the service's own switch to the same
+    mode (a probe that succeeded) still empties it before the recovery it starts lists the INBOX."""
+    emergency(stack)
+    with stack.db.transaction() as conn:
+        conn.execute("UPDATE domains SET mode = 'recovering' WHERE name = 'example.com'")
+    assert stack.directory.fence.says_emergency("example.com")
+    assert stack.directory.set_mode("example.com", "recovering", "probe succeeded", automatic=True) is None
     assert not stack.directory.fence.says_emergency("example.com")
 
 
