@@ -24,6 +24,9 @@ while the domain is in emergency mode, empty (or absent) otherwise.
   the read and the write. Entering emergency mode fills the mark after the
   write, from the store as it is then (:meth:`EmergencyFence.open_gate`); a
   failure there only sends the mail through the spool for a while.
+- A recovery closes the gate once more before it lists the INBOXes, after
+  the switch has committed, so a mark filled late by another process (which
+  committed before the switch but marked after it) is emptied too.
 - The service makes every file agree with the store when it starts
   (:meth:`EmergencyFence.reconcile`) and at each poll of the failover
   monitor (:meth:`EmergencyFence.agree`), before it acts on a mode it read:

@@ -225,6 +225,9 @@ class FailoverMonitor(Service):
         self.log.info("recovery of {domain} started", domain=domain)
         reason = "the upstream failed again during recovery"
         try:
+            # Once more now that the switch has committed, whatever order another process marked in: no
+            # continuity copy is being written, or will be, into the INBOXes this recovery lists.
+            await self._sql.run(self._directory.fence.close_gate, domain)
             finished = await self._recover(domain)
         except Exception as exc:
             if not self.running:

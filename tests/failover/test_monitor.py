@@ -17,7 +17,7 @@ from continuity.directory.store import Directory
 from continuity.failover.modes import DomainFailover
 from continuity.failover.monitor import FailoverMonitor, probe_recipient
 from continuity.testing.inline import QueuedThread
-from continuity.testing.upstream import SOFT
+from continuity.testing.upstream import OK, SOFT
 
 
 def fail_over(stack: DeliveryStack) -> None:
@@ -110,6 +110,19 @@ def test_a_poll_fences_a_switch_another_process_committed_before_its_mark(stack)
     stack.clock.advance(1)
     assert not stack.directory.fence.says_emergency("example.com")
     assert stack.monitor.machines["example.com"].mode in ("recovering", "normal")
+
+
+def test_a_recovery_closes_the_gate_again_before_it_lists_the_inboxes(stack):
+    """A mark filled after the switch (another process marking late, in the other order) is emptied by the
+    recovery itself before it lists anything."""
+    stack.domain()
+    fail_over(stack)
+    stack.pool.default = OK
+    stack.directory.set_mode("example.com", "recovering", "probe succeeded", automatic=True)
+    stack.directory.fence.open_gate("example.com", lambda: True)
+    stack.monitor.start_recovery("example.com")
+    assert not stack.directory.fence.says_emergency("example.com")
+    assert stack.inbox("bob@example.com") == []  # the copy of the fail-over went upstream
 
 
 def test_a_restart_resumes_an_interrupted_recovery(tmp_path):
