@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from lab import Benchmark, Lab, Load, Sample, free_port, wait_until
+from lab import SHORT_ROUNDS, Benchmark, Lab, Load, Sample, free_port, wait_until
 from ours import Ours
 from postfix import Postfix
 from procstat import cpu_seconds
@@ -83,6 +83,7 @@ def ours_relay_round(lab: Lab, ours: Ours, sink: Sink, messages: int, profile: s
 
 class InboundRelay(Benchmark):
     name = "relay"
+    rounds = SHORT_ROUNDS
     figure = "inbound relay, normal mode"
     unit = "msg/s"
     bar = 1.0
@@ -115,6 +116,7 @@ class InboundRelay(Benchmark):
 
 class InboundEmergency(Benchmark):
     name = "emergency"
+    rounds = SHORT_ROUNDS
     figure = "inbound, emergency mode (Maildir delivery)"
     unit = "msg/s"
     bar = 1.2

@@ -32,7 +32,7 @@ from email.utils import formatdate
 
 from continuity.tls import generate_self_signed
 from dovecot import Dovecot
-from lab import Benchmark, Lab, Load, Sample, free_port, wait_for_port, wait_until
+from lab import SHORT_ROUNDS, Benchmark, Lab, Load, Sample, free_port, wait_for_port, wait_until
 from mailpair import PASSWORD, add_users, dovecot_hashes
 from ours import Ours
 from postfix import Postfix
@@ -103,6 +103,7 @@ def submit(port: int, sender: str, count: int, errors: list) -> None:
 
 class Submission(Benchmark):
     name = "submission"
+    rounds = SHORT_ROUNDS
     figure = "submission with AUTH over STARTTLS"
     unit = "msg/s"
     bar = 1.0

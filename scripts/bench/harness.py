@@ -3,7 +3,7 @@
 Run it through ``scripts/bench/run`` (which installs the peers and the venv
 first)::
 
-    scripts/bench/run                      # every benchmark, 5 rounds, the issue's load
+    scripts/bench/run                      # every benchmark, 5 rounds (9 short ones), the issue's load
     scripts/bench/run --only relay --rounds 9
     scripts/bench/run --quick --rounds 1   # a tiny load: does it all still work?
     scripts/bench/run --profile            # py-spy samples of our server per round
@@ -13,7 +13,8 @@ own, then runs ours and the peer alternately (A B A B ...), so a noisy
 machine disturbs both alike. Five rounds by default: on this 2-core VM one
 round of the same server differs from the next by up to a half (the disk's
 flushes, the neighbours), and the median of three still moved a ratio across
-its bar from one run to the next. The table (median and range of the rounds, the
+its bar from one run to the next. Nine for the SMTP throughput benchmarks,
+whose rounds last 2-3 s (:data:`lab.SHORT_ROUNDS`). The table (median and range of the rounds, the
 ratio ours/peer against the issue's bar, our server's CPU seconds per
 message) is printed and written to ``scripts/bench/results/latest.md`` and
 ``latest.json`` (``quick.*`` for ``--quick``). Benchmark families are the
@@ -119,9 +120,21 @@ def run_benchmark(lab: Lab, benchmark: Benchmark, rounds: int, measured: str, lo
     return Row.of(benchmark, ours, peer, error, measured, load)
 
 
+def rounds_text(rounds: dict[str, int]) -> str:
+    """``5 rounds``, or ``5 rounds (9: relay, emergency)`` when some benchmarks ran more."""
+    counts = sorted(set(rounds.values()))
+    if not counts:
+        return "0 rounds"
+    usual = max(counts, key=lambda n: sum(1 for v in rounds.values() if v == n))
+    others = "; ".join(f"{n}: {', '.join(name for name, v in rounds.items() if v == n)}" for n in counts if n != usual)
+    return f"{usual} round(s)" + (f" ({others})" if others else "")
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="scripts/bench/run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=5, help="rounds of ours and the peer, alternately (5)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="rounds of ours and the peer, alternately (default: 5; 9 for relay, emergency and"
+                             " submission, whose rounds are short)")
     parser.add_argument("--only", action="append", default=[], metavar="NAME",
                         help="run only this benchmark (repeat, or NAME,NAME); see --list")
     parser.add_argument("--quick", action="store_true", help="a tiny load, to check that everything works")
@@ -135,7 +148,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="do not start Dovecot for the pre-flight IMAP/POP3 login check")
     args = parser.parse_args(argv)
     args.only = {name for value in args.only for name in value.split(",") if name}
-    if args.rounds < 1:
+    if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds must be at least 1")
     return args
 
@@ -159,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     lab = Lab(args.workdir, args.quick, profile_dir=profile_dir)
     load = "quick" if args.quick else "full"
     measured = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    facts = {"date": measured, "load": load, "rounds": args.rounds, "machine": machine_facts()}
+    rounds = {benchmark.name: args.rounds or benchmark.rounds for benchmark in selected}
+    facts = {"date": measured, "load": load, "rounds": rounds, "machine": machine_facts()}
     rows: dict[str, Row] = {}
     failed = False
     try:
@@ -171,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                 lab.say(f"Dovecot check failed: {exc}")
                 failed = True
         for benchmark in selected:
-            rows[benchmark.name] = row = run_benchmark(lab, benchmark, args.rounds, measured, load)
+            rows[benchmark.name] = row = run_benchmark(lab, benchmark, rounds[benchmark.name], measured, load)
             failed = failed or bool(row.error)
     finally:
         lab.close()
@@ -180,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = facts["machine"]
     header = (f"Measured {measured} on {machine['cpu']}, Linux {machine['kernel']}, Python {machine['python']}, "
               f"Twisted {machine['twisted']}, Postfix {machine['postfix']}, Dovecot {machine['dovecot']}; "
-              f"{args.rounds} round(s), {load} load.")
+              f"{rounds_text(rounds)}, {load} load.")
     table = table_rows(rows, previous)
     path = write(args.output, stem, table, header, facts, measured)
     print(markdown(table, header, measured))
