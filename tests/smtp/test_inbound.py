@@ -150,18 +150,23 @@ def test_in_emergency_mail_for_mailboxes_skips_the_spool(stack):
     assert list(stack.spool.queue_ids()) == []
 
 
-def test_in_emergency_a_held_recipient_sends_the_whole_message_through_the_spool(stack):
-    """Direct delivery only when every recipient is routed to a mailbox: carol is excluded (held until
-    recovery), so bob's copy too comes from the spool, once, with carol's held beside it."""
-    emergency(stack)
-    stack.directory.exclude("carol@example.com")
+def to_bob_and_carol(stack: DeliveryStack) -> str:
+    """One message to bob and carol through a server with direct delivery; its queue id from the 250."""
     session = Session(factory(stack, direct=True))
     session.rcpt("bob@example.com")
     session.send(b"RCPT TO:<carol@example.com>\r\n")
     session.send(b"DATA\r\n")
     reply = session.send(b"Subject: hi\r\n\r\nhello\r\n.\r\n")[-1]
     assert reply.startswith("250 2.0.0 Ok: queued as ")
-    queue_id = reply.rsplit(" ", 1)[1]
+    return reply.rsplit(" ", 1)[1]
+
+
+def test_in_emergency_a_held_recipient_sends_the_whole_message_through_the_spool(stack):
+    """Direct delivery only when every recipient is routed to a mailbox: carol is excluded (held until
+    recovery), so bob's copy too comes from the spool, once, with carol's held beside it."""
+    emergency(stack)
+    stack.directory.exclude("carol@example.com")
+    queue_id = to_bob_and_carol(stack)
     entries = {entry.recipient: entry.state for entry in stack.queue(queue_id)}
     assert entries == {"bob@example.com": "done", "carol@example.com": "held"}
     assert len(stack.inbox("bob@example.com")) == 1
@@ -178,13 +183,7 @@ def test_a_direct_copy_that_fails_sends_the_rest_through_the_spool_and_still_ans
         return deliver_one(address, message, *args, **kwargs)
 
     monkeypatch.setattr(stack.mailstore, "deliver", failing)
-    session = Session(factory(stack, direct=True))
-    session.rcpt("bob@example.com")
-    session.send(b"RCPT TO:<carol@example.com>\r\n")
-    session.send(b"DATA\r\n")
-    reply = session.send(b"Subject: hi\r\n\r\nhello\r\n.\r\n")[-1]
-    assert reply.startswith("250 2.0.0 Ok: queued as ")
-    queue_id = reply.rsplit(" ", 1)[1]
+    queue_id = to_bob_and_carol(stack)
     assert len(stack.inbox("bob@example.com")) == 1
     (carol,) = stack.queue(queue_id)
     assert carol.recipient == "carol@example.com" and carol.state == "deferred"
