@@ -447,8 +447,7 @@ def build_service(config: Config, reactor, logs: str | None = None) -> MultiServ
     # Only here: preparing removes half-written files, which in an SMTP worker could be this process's.
     components.sent_copies.prepare()
     # Before any listener: direct delivery trusts the emergency marks (continuity.directory.fence).
-    components.directory.fence.reconcile({d.name: d.mode for d in components.directory.list_domains()},
-                                         components.directory.mode_of)
+    components.directory.reconcile_marks()
     _delivery(components, root)
     listeners: dict[str, Listener] = {}
     for name in LISTENERS:

@@ -91,7 +91,7 @@ class EmergencyFence:
                     emergency = os.fstat(fd).st_size > 0
                 except OSError as error:
                     self.log.warn("emergency mark of {domain} unreadable ({error}): the spool takes the message",
-                             domain=domain, error=error)
+                                  domain=domain, error=error)
                     emergency = False
                 if not emergency:
                     break
@@ -156,7 +156,7 @@ class EmergencyFence:
                     self.close_gate(domain)
             except OSError as error:
                 self.log.error("emergency mark of {domain} cannot be set ({error}); its mode is not acted on",
-                          domain=domain, error=error)
+                               domain=domain, error=error)
                 failed.append(domain)
             else:
                 self.log.info("emergency mark of {domain} corrected to {mode} mode", domain=domain, mode=mode)

@@ -13,7 +13,7 @@ import ipaddress
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import attrs
 from twisted.logger import Logger
@@ -279,8 +279,17 @@ class Directory:
 
     def mode_of(self, name: str) -> str | None:
         """The domain's mode as this thread's connection sees it (its own transaction's writes too)."""
-        rows = self.db.read("SELECT mode FROM domains WHERE name = ?", (normalise_domain(name),))
-        return rows[0][0] if rows else None
+        domain = self.find_domain(name)
+        return domain.mode if domain is not None else None
+
+    def agree_marks(self, domains: Sequence[Domain]) -> list[str]:
+        """Make the emergency marks of ``domains`` (as just read) agree with their modes; return those whose
+        mark could not be (:meth:`EmergencyFence.agree <continuity.directory.fence.EmergencyFence.agree>`)."""
+        return self.fence.agree({d.name: d.mode for d in domains}, self.mode_of)
+
+    def reconcile_marks(self) -> None:
+        """At the service's start: every mark as the store says, none for a domain no longer hosted."""
+        self.fence.reconcile({d.name: d.mode for d in self.list_domains()}, self.mode_of)
 
     def set_health(self, name: str, health: str, detail: str | None = None) -> None:
         _check_choice("health", health, ("ok", "failing", "unknown"))

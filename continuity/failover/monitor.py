@@ -126,7 +126,7 @@ class FailoverMonitor(Service):
         ``continuityctl`` is fenced before this poll acts on it, e.g. by starting a recovery); a domain whose
         mark could not be (the second item) is not acted on in this poll."""
         domains = self._directory.list_domains()
-        return domains, set(self._directory.fence.agree({d.name: d.mode for d in domains}, self._directory.mode_of))
+        return domains, set(self._directory.agree_marks(domains))
 
     def _spawn(self, name: str, coroutine) -> None:
         self._busy.add(name)

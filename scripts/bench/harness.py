@@ -25,6 +25,7 @@ a ``BENCHMARKS`` list.
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime
 import importlib
 import os
@@ -121,12 +122,11 @@ def run_benchmark(lab: Lab, benchmark: Benchmark, rounds: int, measured: str, lo
 
 
 def rounds_text(rounds: dict[str, int]) -> str:
-    """``5 rounds``, or ``5 rounds (9: relay, emergency)`` when some benchmarks ran more."""
-    counts = sorted(set(rounds.values()))
-    if not counts:
-        return "0 rounds"
-    usual = max(counts, key=lambda n: sum(1 for v in rounds.values() if v == n))
-    others = "; ".join(f"{n}: {', '.join(name for name, v in rounds.items() if v == n)}" for n in counts if n != usual)
+    """``5 round(s)``, or ``5 round(s) (9: relay, emergency)`` when some benchmarks ran another count."""
+    counts = collections.Counter(rounds.values())
+    usual = counts.most_common(1)[0][0] if counts else 0
+    others = "; ".join(f"{n}: {', '.join(name for name, v in rounds.items() if v == n)}"
+                       for n in sorted(counts) if n != usual)
     return f"{usual} round(s)" + (f" ({others})" if others else "")
 
 
