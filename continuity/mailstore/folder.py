@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
+from functools import partial
 from typing import BinaryIO
 
 import attrs
 from twisted.logger import Logger
 
-from continuity.durable import fsync_dir, make_dirs, write_chunks
+from continuity.durable import link_unnamed, make_dirs, write_chunks, write_unnamed
 from continuity.envelope import Address
 from continuity.mailstore.errors import MailboxNotFound, MessageExpunged
 from continuity.mailstore.filenames import (
@@ -342,9 +343,7 @@ class MailFolder:
             except FileExistsError:
                 continue
             except (FileNotFoundError, NotADirectoryError):
-                # Looked at only now, not before each delivery: a folder that is gone, or its tmp/ alone.
-                if not os.path.isdir(os.path.join(self.path, "cur")):
-                    raise MailboxNotFound(f"no such mailbox: {self.name}") from None
+                self._check_exists()  # a folder that is gone, or its tmp/ alone
                 make_dirs(tmp_dir)
         try:
             try:
@@ -376,44 +375,92 @@ class MailFolder:
 
         :raises KeywordLimit: when a new keyword does not fit (nothing is stored).
         """
+        if not (assign_uid or internal_date is not None or keywords):
+            return self._deliver_unlisted(chunks, flags)
         tmp_path, base, size = self._write_temp(chunks, internal_date)
         try:
-            if assign_uid or internal_date is not None or keywords:
-                date = internal_date if internal_date is not None else base_time(base) or int(time.time())
-                with self.transaction() as txn:
-                    if keywords:
-                        flags = normalise_flags(flags + txn.keyword_letters(keywords, create=True))
-                    entry = txn.publish(tmp_path, base, flags, date, size)
-                    txn.flush()
-                    return txn.ref(entry)
-            subdir = "cur" if flags else "new"
-            while True:
-                name = info_name(base, flags) if flags else base
-                try:
-                    os.link(tmp_path, os.path.join(self.path, subdir, name))
-                    break
-                except FileExistsError:
-                    base = sized_base(self.names.next_base(), size)
-            fsync_dir(os.path.join(self.path, subdir))
-            return MessageRef(
-                address=self.address,
-                folder=self.name,
-                uid=None,
-                base=base,
-                path=os.path.join(self.path, subdir, name),
-                flags=flags,
-                size=size,
-                internal_date=base_time(base) or int(time.time()),
-                modseq=None,
-                recent=subdir == "new",
-            )
+            date = internal_date if internal_date is not None else base_time(base) or int(time.time())
+            with self.transaction() as txn:
+                if keywords:
+                    flags = normalise_flags(flags + txn.keyword_letters(keywords, create=True))
+                entry = txn.publish(tmp_path, base, flags, date, size)
+                txn.flush()
+                return txn.ref(entry)
         except FileNotFoundError:
-            # cur/ is looked for only now (see _write_temp): a folder gone, or half of one, is no mailbox.
-            if not os.path.isdir(os.path.join(self.path, "cur")):
-                raise MailboxNotFound(f"no such mailbox: {self.name}") from None
+            self._check_exists()  # removed since the write
             raise
         finally:
             _unlink_quietly(tmp_path)
+
+    def _deliver_unlisted(self, chunks: Iterable[bytes], flags: str) -> MessageRef:
+        """:meth:`deliver` without a UID yet: written without a name where the system allows
+        (:func:`~continuity.durable.write_unnamed`), else in ``tmp/``; linked in; the directory fsync'ed."""
+        subdir = "cur" if flags else "new"
+        try:
+            directory_fd = os.open(os.path.join(self.path, subdir), _DIR_FLAGS)
+        except (FileNotFoundError, NotADirectoryError):
+            self._check_exists()
+            raise
+        try:
+            unnamed = self._write_unnamed(chunks)
+            if unnamed is not None:
+                fd, size = unnamed
+                try:
+                    base, name = self._link_new(partial(link_unnamed, fd, directory_fd), None, flags, size)
+                finally:
+                    os.close(fd)
+            else:
+                tmp_path, base, size = self._write_temp(chunks, None)
+                try:
+                    link = partial(os.link, tmp_path, dst_dir_fd=directory_fd)
+                    base, name = self._link_new(link, base, flags, size)
+                finally:
+                    _unlink_quietly(tmp_path)
+            os.fsync(directory_fd)
+        finally:
+            os.close(directory_fd)
+        return MessageRef(
+            address=self.address,
+            folder=self.name,
+            uid=None,
+            base=base,
+            path=os.path.join(self.path, subdir, name),
+            flags=flags,
+            size=size,
+            internal_date=base_time(base) or int(time.time()),
+            modseq=None,
+            recent=subdir == "new",
+        )
+
+    def _link_new(self, link: Callable[[str], None], base: str | None, flags: str, size: int) -> tuple[str, str]:
+        """Call ``link(name)`` with the file name of ``base`` and ``flags`` (a fresh base when None or taken):
+        the base and name it took."""
+        while True:
+            if base is None:
+                base = sized_base(self.names.next_base(), size)
+            name = info_name(base, flags) if flags else base
+            try:
+                link(name)
+                return base, name
+            except FileExistsError:
+                base = None
+
+    def _write_unnamed(self, chunks: Iterable[bytes]) -> tuple[int, int] | None:
+        """:func:`~continuity.durable.write_unnamed` on this folder's file system (re-making a missing ``tmp/``)."""
+        tmp_dir = os.path.join(self.path, "tmp")
+        try:
+            return write_unnamed(tmp_dir, chunks)
+        except (FileNotFoundError, NotADirectoryError):
+            self._check_exists()
+            make_dirs(tmp_dir)
+            return write_unnamed(tmp_dir, chunks)
+
+    def _check_exists(self) -> None:
+        """Raise :class:`MailboxNotFound` when this folder is gone (or half of one: no ``cur/``).
+
+        Looked at only when a write finds a directory missing, not before each delivery."""
+        if not os.path.isdir(os.path.join(self.path, "cur")):
+            raise MailboxNotFound(f"no such mailbox: {self.name}") from None
 
     def change_flags(self, uids: Iterable[int], change: FlagChange) -> tuple[MessageRef, ...]:
         """Apply ``change`` to each existing message of ``uids``; return them as they are now.

@@ -27,21 +27,48 @@ def test_delivery_lands_in_new_and_tmp_is_empty(store, alice) -> None:
     assert ref.recent and ref.flags == "" and ref.uid is None
 
 
-def test_delivery_fsyncs_file_and_directory(store, alice, monkeypatch) -> None:
-    """The message file and new/ are fsync'ed before deliver returns."""
-    import continuity.mailstore.folder as folder_module
+@pytest.fixture(params=["unnamed", "named"])
+def staging(request, monkeypatch) -> str:
+    """Both ways of writing a message before it has its name: without one (O_TMPFILE), and where the system
+    cannot, under a name in tmp/."""
+    import continuity.durable as durable_module
 
-    synced_dirs: list[str] = []
-    real_fsync_dir = folder_module.fsync_dir
-    monkeypatch.setattr(folder_module, "fsync_dir", lambda path: (synced_dirs.append(path), real_fsync_dir(path)))
-    fsynced: list[int] = []
-    real_fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (fsynced.append(fd), real_fsync(fd)))
+    if request.param == "named":
+        monkeypatch.setattr(durable_module, "_naming_works", False)
+    return request.param
+
+
+def test_delivery_syncs_the_message_before_naming_it_and_new_after(store, alice, monkeypatch, staging) -> None:
+    """The message's bytes are fsync'ed while it has no name in new/ (none at all, or one in tmp/ only), and
+    new/ once the name is there: on return the message survives a crash, and a crash before never leaves a
+    partial file in new/."""
     store.ensure_mailbox(alice)
-    fsynced.clear()
-    store.deliver(alice, MESSAGE)
-    assert fsynced, "the message file was not fsync'ed"
-    assert os.path.join(store.user_root(alice), "new") in synced_dirs
+    root = store.user_root(alice)
+    new_dir = os.path.join(root, "new")
+
+    def inodes(directory: str) -> set[int]:
+        return {os.stat(os.path.join(directory, name)).st_ino for name in os.listdir(directory)}
+
+    synced: list[tuple[int, int, set[int], set[int]]] = []  # inode, size, inodes in new/ and in tmp/ then
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        stat = os.fstat(fd)
+        synced.append((stat.st_ino, stat.st_size, inodes(new_dir), inodes(os.path.join(root, "tmp"))))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    ref = store.deliver(alice, MESSAGE)
+    message, new_inode = os.stat(ref.path).st_ino, os.stat(new_dir).st_ino
+    message_syncs = [index for index, entry in enumerate(synced) if entry[0] == message]
+    new_syncs = [index for index, entry in enumerate(synced) if entry[0] == new_inode]
+    assert message_syncs and new_syncs
+    for index in message_syncs:
+        _, size, in_new, in_tmp = synced[index]
+        assert size == len(MESSAGE) and message not in in_new
+        assert (message in in_tmp) == (staging == "named")
+    assert message in synced[new_syncs[-1]][2] and new_syncs[-1] > message_syncs[-1]
+    assert os.listdir(os.path.join(root, "tmp")) == []
 
 
 def test_delivery_accepts_chunks(store, alice) -> None:
@@ -172,16 +199,14 @@ def test_delivery_to_missing_folder_refused(store, alice) -> None:
         store.deliver(alice, MESSAGE, "Nowhere")
 
 
-def test_full_disk_is_temporary_error(store, alice, monkeypatch) -> None:
+def test_full_disk_is_temporary_error(store, alice, monkeypatch, staging) -> None:
     """A full disk is a temporary 452 4.3.1 and leaves no partial file."""
-    import continuity.mailstore.folder as folder_module
-
     store.ensure_mailbox(alice)
 
-    def full(fd, chunks):
+    def full(fd, buffers):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(folder_module, "write_chunks", full)
+    monkeypatch.setattr(os, "writev", full)
     with pytest.raises(MailstoreError) as caught:
         store.deliver(alice, MESSAGE)
     assert caught.value.code == 452 and caught.value.enhanced == "4.3.1" and caught.value.temporary
@@ -189,7 +214,7 @@ def test_full_disk_is_temporary_error(store, alice, monkeypatch) -> None:
     assert os.listdir(os.path.join(root, "tmp")) == [] and os.listdir(os.path.join(root, "new")) == []
 
 
-def test_failing_body_leaves_nothing(store, alice) -> None:
+def test_failing_body_leaves_nothing(store, alice, staging) -> None:
     """When the chunk source fails mid-way, the error propagates and tmp/ is cleaned."""
     store.ensure_mailbox(alice)
 
