@@ -99,30 +99,16 @@ def write_unnamed(directory: str, chunks: Iterable[bytes], *, mode: int = 0o600,
     size written; None, having consumed nothing of ``chunks``, where this system or file system cannot
     make such a file: the caller writes under a temporary name instead.
     """
-    fd = _open_unnamed(directory, mode)
+    fd = open_unnamed(directory, mode)
     if fd is None:
         return None
-    try:
-        size = write_chunks(fd, chunks)
-        if mtime is not None:
-            os.utime(fd, (mtime, mtime))
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)  # the file had no name: closing it is removing it
-        raise
-    return fd, size
+    return fd, fill_unnamed(fd, chunks, mtime=mtime)
 
 
-def link_unnamed(fd: int, directory_fd: int, name: str) -> None:
-    """Give the unnamed file ``fd`` (:func:`write_unnamed`) the name ``name`` in the directory open as
-    ``directory_fd``, on the same file system; never replacing a name (``FileExistsError``). The
-    directory is not fsync'ed here."""
-    # The directory descriptors make os.link call linkat (with follow_symlinks, AT_SYMLINK_FOLLOW); the
-    # source path is absolute, so only the target is looked up in directory_fd.
-    os.link(f"{_PROC_FD}/{fd}", name, src_dir_fd=directory_fd, dst_dir_fd=directory_fd, follow_symlinks=True)
-
-
-def _open_unnamed(directory: str, mode: int) -> int | None:
+def open_unnamed(directory: str, mode: int = 0o600) -> int | None:
+    """The open descriptor of a new, empty file without a name on ``directory``'s file system (``O_TMPFILE``),
+    or None where there can be none (see :func:`write_unnamed`). A missing ``directory`` raises
+    ``FileNotFoundError`` before anything else happens."""
     global _naming_works
     if _naming_works is False:
         return None
@@ -144,6 +130,29 @@ def _open_unnamed(directory: str, mode: int) -> int | None:
             os.close(fd)
             return None
     return fd
+
+
+def fill_unnamed(fd: int, chunks: Iterable[bytes], *, mtime: float | None = None) -> int:
+    """Write ``chunks`` to the unnamed file ``fd`` (:func:`open_unnamed`) and fsync it; return the size.
+    On an error ``fd`` is closed, which removes the file."""
+    try:
+        size = write_chunks(fd, chunks)
+        if mtime is not None:
+            os.utime(fd, (mtime, mtime))
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)  # the file had no name: closing it is removing it
+        raise
+    return size
+
+
+def link_unnamed(fd: int, directory_fd: int, name: str) -> None:
+    """Give the unnamed file ``fd`` (:func:`write_unnamed`) the name ``name`` in the directory open as
+    ``directory_fd``, on the same file system; never replacing a name (``FileExistsError``). The
+    directory is not fsync'ed here."""
+    # The directory descriptors make os.link call linkat (with follow_symlinks, AT_SYMLINK_FOLLOW); the
+    # source path is absolute, so only the target is looked up in directory_fd.
+    os.link(f"{_PROC_FD}/{fd}", name, src_dir_fd=directory_fd, dst_dir_fd=directory_fd, follow_symlinks=True)
 
 
 def _try_naming(directory: str, fd: int) -> bool:

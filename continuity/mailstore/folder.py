@@ -26,7 +26,7 @@ from typing import BinaryIO
 import attrs
 from twisted.logger import Logger
 
-from continuity.durable import link_unnamed, make_dirs, write_chunks, write_unnamed
+from continuity.durable import fill_unnamed, link_unnamed, make_dirs, open_unnamed, write_chunks
 from continuity.envelope import Address
 from continuity.mailstore.errors import MailboxNotFound, MessageExpunged
 from continuity.mailstore.filenames import (
@@ -449,11 +449,12 @@ class MailFolder:
         """:func:`~continuity.durable.write_unnamed` on this folder's file system (re-making a missing ``tmp/``)."""
         tmp_dir = os.path.join(self.path, "tmp")
         try:
-            return write_unnamed(tmp_dir, chunks)
+            fd = open_unnamed(tmp_dir)
         except (FileNotFoundError, NotADirectoryError):
-            self._check_exists()
+            self._check_exists()  # a folder that is gone, or its tmp/ alone
             make_dirs(tmp_dir)
-            return write_unnamed(tmp_dir, chunks)
+            fd = open_unnamed(tmp_dir)
+        return None if fd is None else (fd, fill_unnamed(fd, chunks))
 
     def _check_exists(self) -> None:
         """Raise :class:`MailboxNotFound` when this folder is gone (or half of one: no ``cur/``).

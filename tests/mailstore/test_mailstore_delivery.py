@@ -228,6 +228,21 @@ def test_failing_body_leaves_nothing(store, alice, staging) -> None:
     assert os.listdir(os.path.join(root, "tmp")) == [] and os.listdir(os.path.join(root, "new")) == []
 
 
+def test_a_body_whose_source_is_gone_is_no_missing_folder(store, alice, staging) -> None:
+    """A chunk source failing with FileNotFoundError (its own file gone) fails the delivery; it is not taken
+    for a missing tmp/ and tried again with what is left of it, an empty message."""
+    store.ensure_mailbox(alice)
+
+    def chunks():
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", "/spool/messages/gone")
+        yield b""  # a generator, as a message read from its spool file is
+
+    with pytest.raises(MailstoreError):
+        store.deliver(alice, chunks())
+    root = store.user_root(alice)
+    assert os.listdir(os.path.join(root, "tmp")) == [] and os.listdir(os.path.join(root, "new")) == []
+
+
 def test_maildir_tools_can_read_the_tree(store, alice) -> None:
     """Python's mailbox.Maildir reads INBOX, folders, sub-folders and flags we wrote."""
     store.deliver(alice, MESSAGE)
