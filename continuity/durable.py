@@ -24,11 +24,17 @@ import secrets
 from collections.abc import Iterable
 
 _TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+_DIRECTORY_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def open_directory(path: str) -> int:
+    """A descriptor of the directory ``path``, for its fsyncs and for naming files in it."""
+    return os.open(path, _DIRECTORY_FLAGS)
 
 
 def fsync_dir(path: str) -> None:
     """fsync a directory so that entries created or removed in it are durable."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    fd = open_directory(path)
     try:
         os.fsync(fd)
     finally:
@@ -136,13 +142,18 @@ def fill_unnamed(fd: int, chunks: Iterable[bytes], *, mtime: float | None = None
     """Write ``chunks`` to the unnamed file ``fd`` (:func:`open_unnamed`) and fsync it; return the size.
     On an error ``fd`` is closed, which removes the file."""
     try:
-        size = write_chunks(fd, chunks)
-        if mtime is not None:
-            os.utime(fd, (mtime, mtime))
-        os.fsync(fd)
+        return _fill(fd, chunks, mtime)
     except BaseException:
         os.close(fd)  # the file had no name: closing it is removing it
         raise
+
+
+def _fill(fd: int, chunks: Iterable[bytes], mtime: float | None) -> int:
+    """Write ``chunks`` to ``fd``, set its ``mtime`` when given, and fsync it; return the size."""
+    size = write_chunks(fd, chunks)
+    if mtime is not None:
+        os.utime(fd, (mtime, mtime))
+    os.fsync(fd)
     return size
 
 
@@ -160,7 +171,7 @@ def _try_naming(directory: str, fd: int) -> bool:
     under a name nothing else uses."""
     name = f".unnamed-probe.{secrets.token_hex(8)}"
     try:
-        directory_fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+        directory_fd = open_directory(directory)
     except OSError:
         return False
     try:
@@ -203,15 +214,13 @@ def write_file(
     if not overwrite:
         unnamed = write_unnamed(os.path.dirname(tmp) or ".", chunks, mode=mode, mtime=mtime)
         if unnamed is not None:
-            _publish_unnamed(*unnamed, path, directory_fd, sync_dir)
-            return unnamed[1]
+            fd, size = unnamed
+            _publish_unnamed(fd, path, directory_fd, sync_dir)
+            return size
     fd = os.open(tmp, _TMP_FLAGS, mode)
     try:
         try:
-            size = write_chunks(fd, chunks)
-            if mtime is not None:
-                os.utime(fd, (mtime, mtime))
-            os.fsync(fd)
+            size = _fill(fd, chunks, mtime)
         finally:
             os.close(fd)
         if overwrite:
@@ -232,14 +241,13 @@ def write_file(
     return size
 
 
-def _publish_unnamed(fd: int, size: int, path: str, directory_fd: int | None, sync_dir: bool) -> None:
+def _publish_unnamed(fd: int, path: str, directory_fd: int | None, sync_dir: bool) -> None:
     """Name the unnamed file ``fd`` ``path`` (never replacing), fsync its directory as :func:`write_file` does,
     and close it."""
     try:
         own_fd = directory_fd is None
         if own_fd:
-            directory_fd = os.open(os.path.dirname(path) or ".",
-                                   os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+            directory_fd = open_directory(os.path.dirname(path) or ".")
         try:
             link_unnamed(fd, directory_fd, os.path.basename(path))
             if sync_dir or not own_fd:

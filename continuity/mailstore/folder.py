@@ -26,7 +26,7 @@ from typing import BinaryIO
 import attrs
 from twisted.logger import Logger
 
-from continuity.durable import fill_unnamed, link_unnamed, make_dirs, open_unnamed, write_chunks
+from continuity.durable import fill_unnamed, link_unnamed, make_dirs, open_directory, open_unnamed, write_chunks
 from continuity.envelope import Address
 from continuity.mailstore.errors import MailboxNotFound, MessageExpunged
 from continuity.mailstore.filenames import (
@@ -397,7 +397,7 @@ class MailFolder:
         (:func:`~continuity.durable.write_unnamed`), else in ``tmp/``; linked in; the directory fsync'ed."""
         subdir = "cur" if flags else "new"
         try:
-            directory_fd = os.open(os.path.join(self.path, subdir), _DIR_FLAGS)
+            directory_fd = open_directory(os.path.join(self.path, subdir))
         except (FileNotFoundError, NotADirectoryError):
             self._check_exists()
             raise

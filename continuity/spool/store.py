@@ -96,7 +96,7 @@ class MessageSpool:
         if self._messages_fd is None:
             with self._opening:
                 if self._messages_fd is None:
-                    fd = os.open(self.messages_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                    fd = durable.open_directory(self.messages_dir)
                     weakref.finalize(self, os.close, fd)
                     self._messages_fd = fd
         return self._messages_fd
